@@ -1,0 +1,14 @@
+"""The ``unite`` command line.  Each sub-command lives in its own module and registers
+itself on :data:`app`; importing them here is all it takes to add one."""
+
+from __future__ import annotations
+
+from . import generate as _generate  # noqa: F401  (registers `unite generate`, `unite models`)
+from ._app import app
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

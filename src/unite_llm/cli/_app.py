@@ -1,0 +1,99 @@
+"""The shared Typer app and the rule that user errors never show a traceback."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from ..errors import UniteError
+
+app = typer.Typer(
+    name="unite",
+    help="Ensemble LLMs with different tokenizers at decode time (UniTE: union top-k).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(fn: F) -> F:
+    """Turn a :class:`UniteError` into ``error: <message>`` and its exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UniteError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(err.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(name)s: %(message)s")
+
+
+def parse_floats(text: str | None, what: str) -> list[float] | None:
+    """``"0.6,0.4"`` -> ``[0.6, 0.4]``, with an error that names the bad item."""
+    from ..errors import InvalidConfigError
+
+    if text is None:
+        return None
+    out = []
+    for item in text.replace(" ", "").split(","):
+        try:
+            out.append(float(item))
+        except ValueError:
+            raise InvalidConfigError(f"{what}: {item!r} is not a number") from None
+    return out
+
+
+def build_ensemble(
+    models: list[str] | None,
+    config: str | None,
+    *,
+    k: int | None = None,
+    weights: str | None = None,
+    method: str | None = None,
+    primary: str | None = None,
+    n_ctx: int | None = None,
+    threads: int | None = None,
+) -> Any:
+    """The ensemble named by ``-m`` flags or ``--config`` (flags win), else the default pair."""
+    from ..config import EnsembleConfig
+    from ..engine import Ensemble
+    from ..models import DEFAULT_ENSEMBLE
+
+    cfg = EnsembleConfig.read(config) if config else EnsembleConfig(members=list(models or DEFAULT_ENSEMBLE))
+    kwargs = cfg.ensemble_kwargs()
+    if models:
+        kwargs["specs"] = list(models)
+        if config and len(models) != len(cfg.members):
+            kwargs["weights"] = None  # the file's weights belong to the file's members
+    overrides = {
+        "k": k,
+        "weights": parse_floats(weights, "--weights"),
+        "method": method,
+        "primary": primary,
+        "n_ctx": n_ctx,
+        "n_threads": threads,
+    }
+    kwargs.update({key: v for key, v in overrides.items() if v is not None})
+    from ..methods import make_method
+
+    make_method(kwargs["method"], k=kwargs["k"])  # fail on bad settings before loading models
+    if kwargs.get("weights") is not None and len(kwargs["weights"]) != len(kwargs["specs"]):
+        from ..errors import InvalidConfigError
+
+        raise InvalidConfigError(f"{len(kwargs['weights'])} weights given for {len(kwargs['specs'])} members")
+    return Ensemble.load(**kwargs), cfg

@@ -1,0 +1,101 @@
+"""``unite generate`` and ``unite models``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import InvalidInputError
+from ..prompts import as_utf8
+from ._app import app, build_ensemble, setup_logging, user_errors
+
+ModelOpt = Annotated[
+    Optional[list[str]], typer.Option("-m", "--model", help="Member: .gguf path, alias or prefix:spec. Repeat for each member.")
+]
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="Ensemble config file (JSON/YAML/TOML).")]
+
+
+def read_prompt(prompt: str) -> str:
+    """``-`` reads standard input; either way the text must be valid UTF-8."""
+    if prompt == "-":
+        return as_utf8(sys.stdin.buffer.read(), "standard input").decode("utf-8")
+    return as_utf8(prompt).decode("utf-8")
+
+
+@app.command()
+@user_errors
+def generate(
+    prompt: Annotated[str, typer.Argument(help="Prompt text, or - to read standard input.")],
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="Top-k per member (paper: 10).")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="Comma-separated member weights, e.g. 0.6,0.4.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="Step method (unite).")] = None,
+    primary: Annotated[Optional[str], typer.Option(help="Primary member: output follows its tokens.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n")] = 128,
+    temperature: float = 0.0,
+    top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
+    seed: Optional[int] = None,
+    stop: Annotated[Optional[list[str]], typer.Option(help="Stop string (repeatable); not included in the output.")] = None,
+    chat: Annotated[bool, typer.Option(help="Render the prompt with each member's own chat template.")] = False,
+    system: Annotated[Optional[str], typer.Option(help="System message (chat mode).")] = None,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (text, finish_reason, steps, timing).")] = False,
+    explain: Annotated[bool, typer.Option(help="With --json: every step's full union and each member's probabilities.")] = False,
+    n_ctx: Annotated[Optional[int], typer.Option("--n-ctx", help="Context window per member.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads per member.")] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log every step to stderr.")] = False,
+) -> None:
+    """Generate text with an ensemble (default: SmolLM2-135M + Gemma-3-270M)."""
+    from ..sampling import GenerationConfig
+
+    setup_logging(verbose)
+    text = read_prompt(prompt)
+    gen = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        stop=tuple(stop or ()),
+        ignore_eos=ignore_eos,
+    )
+    ens, cfg = build_ensemble(model, config, k=k, weights=weights, method=method, primary=primary, n_ctx=n_ctx, threads=threads)
+    chat = chat or cfg.chat
+    if system and not chat:
+        raise InvalidInputError("--system needs --chat")
+    prompt_in = (
+        ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}] if chat else text
+    )
+    with ens:
+        if as_json:
+            out = ens.generate(prompt_in, gen, chat=chat)
+            typer.echo(json.dumps({"members": ens.names, **out.to_dict(full=explain)}, ensure_ascii=False))
+            return
+        last = None
+        for chunk in ens.stream(prompt_in, gen, chat=chat):
+            sys.stdout.write(chunk.text)
+            sys.stdout.flush()
+            last = chunk
+        sys.stdout.write("\n")
+        if verbose and last is not None and last.output is not None:
+            t = last.output.timing
+            summary = f"{t.steps} steps, {t.step_ms:.1f} ms/step, load {t.load_s:.2f}s, prefill {t.prefill_s:.2f}s"
+            typer.echo(f"[{last.output.finish_reason}] {summary}", err=True)
+
+
+@app.command()
+@user_errors
+def models() -> None:
+    """List the model aliases and where their files are."""
+    from ..errors import ModelNotFoundError
+    from ..models import ALIASES
+
+    for alias, resolve in ALIASES.items():
+        try:
+            where = str(resolve())
+        except ModelNotFoundError as err:
+            where = f"(unavailable: {err})"
+        typer.echo(f"{alias}\t{where}")

@@ -1,0 +1,82 @@
+"""Ensemble config files (JSON, YAML or TOML), as written by ``unite select``.
+
+One file says everything needed to rebuild an ensemble: members, weights, k, method,
+primary, and default generation settings.  ``unite generate/eval/serve --config FILE``
+read it; command-line flags override it.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import InvalidConfigError
+
+
+class EnsembleConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    members: list[str] = Field(min_length=1, description="member specs: .gguf paths, aliases, prefix:...")
+    weights: list[float] | None = None
+    k: int = Field(10, ge=1)
+    method: str = "unite"
+    primary: str | None = None
+    member_options: dict[str, Any] = Field(default_factory=dict, description="keyword options for every member")
+    chat: bool = False
+    generation: dict[str, Any] = Field(default_factory=dict, description="GenerationConfig defaults")
+    notes: dict[str, Any] = Field(default_factory=dict, description="free-form provenance (e.g. selection table)")
+
+    @field_validator("weights")
+    @classmethod
+    def _positive(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and any(w <= 0 for w in v):
+            raise ValueError("weights must be positive")
+        return v
+
+    def ensemble_kwargs(self) -> dict[str, Any]:
+        return {
+            "specs": self.members,
+            "weights": self.weights,
+            "k": self.k,
+            "method": self.method,
+            "primary": self.primary,
+            **self.member_options,
+        }
+
+    @classmethod
+    def read(cls, path: str | Path) -> EnsembleConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise InvalidConfigError(f"config file not found: {path}")
+        text = path.read_text(encoding="utf-8")
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            elif path.suffix == ".toml":
+                data = tomllib.loads(text)
+            else:
+                data = json.loads(text)
+        except Exception as err:
+            raise InvalidConfigError(f"cannot parse {path}: {err}") from None
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise InvalidConfigError(f"invalid config {path}: {err}") from None
+
+    def write(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = self.model_dump(exclude_defaults=False)
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        else:
+            path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path

@@ -1,0 +1,346 @@
+"""The decode loop: members score, a step method unites, one candidate is appended.
+
+::
+
+    tracks  = each member's tokens for the prompt             (prompts.start_track)
+    repeat:
+        logits_i = member_i.next_logits(tracks_i.tokens)       (KV cache kept, suffix only)
+        dist     = method([logits_1, ...], weights)            (methods.unite.UniTE)
+        choice   = choose(dist, config, rng)                   (sampling.choose)
+        output  += bytes of the choice; each track re-tokenizes its tail (sync.TokenTrack)
+        stop on END, a stop string, max_new_tokens or a full context
+
+Every step leaves a :class:`StepRecord` (union, each member's probabilities, the rule
+behind each number), enough to explain any decision the ensemble made.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidConfigError
+from .members import Member, load_member
+from .methods import make_method
+from .methods.base import END, MemberScores, StepDistribution, StepMethod, candidate_text
+from .models import DEFAULT_ENSEMBLE
+from .prompts import Prompt, start_track
+from .sampling import GenerationConfig, choose
+from .stopping import StopStrings
+from .sync import TokenTrack
+
+log = logging.getLogger("unite_llm")
+
+
+@dataclass
+class StepRecord:
+    """What happened at one step."""
+
+    index: int
+    chosen: str
+    """The appended text (``<END>`` for end of sequence; partial UTF-8 shown escaped)."""
+    prob: float
+    """The ensemble's probability of the choice."""
+    union_size: int
+    member_probs: dict[str, float]
+    """Each member's renormalised probability of the choice."""
+    union: list[dict[str, Any]] = field(default_factory=list)
+    """Every candidate: text, ensemble prob, each member's prob and the rule used."""
+
+    def to_dict(self, *, full: bool = False) -> dict[str, Any]:
+        d = asdict(self)
+        if not full:
+            d.pop("union")
+        return d
+
+
+@dataclass
+class Timing:
+    load_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    steps: int = 0
+
+    @property
+    def step_ms(self) -> float:
+        return 1000 * self.decode_s / self.steps if self.steps else 0.0
+
+
+@dataclass
+class GenerationOutput:
+    """A finished generation (like vLLM's ``CompletionOutput``)."""
+
+    text: str
+    output_bytes: bytes
+    finish_reason: str
+    """``"stop"`` (END or a stop string) or ``"length"`` (max_new_tokens or context)."""
+    stop_reason: str | None
+    """The stop string that ended it; None for END or length."""
+    steps: list[StepRecord]
+    timing: Timing
+    prompt_tokens: dict[str, int]
+
+    def to_dict(self, *, full: bool = False) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "stop_reason": self.stop_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "steps": [s.to_dict(full=full) for s in self.steps],
+            "timing": asdict(self.timing),
+        }
+
+
+@dataclass
+class StreamChunk:
+    """One step of a stream: the text now safe to show, and the step behind it."""
+
+    text: str
+    step: StepRecord | None
+    output: GenerationOutput | None = None
+    """Set on the last chunk only."""
+
+
+def _normalised_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
+    if weights is None:
+        return np.full(n, 1.0 / n)
+    w = np.asarray(list(weights), dtype=np.float64)
+    if len(w) != n:
+        raise InvalidConfigError(f"{len(w)} weights given for {n} members")
+    if not np.all(np.isfinite(w)) or np.any(w <= 0):
+        raise InvalidConfigError(f"weights must be positive numbers, got {list(weights)}")
+    return w / w.sum()
+
+
+class Ensemble:
+    """Several members decoding as one model.
+
+    >>> ens = Ensemble.load(["smollm2-135m-instruct", "gemma3-270m"])   # doctest: +SKIP
+    >>> ens.generate("The capital of France is", max_new_tokens=8).text  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        members: Sequence[Member],
+        *,
+        weights: Sequence[float] | None = None,
+        k: int = 10,
+        method: str | StepMethod = "unite",
+        primary: str | int | None = None,
+        load_s: float = 0.0,
+    ) -> None:
+        if not members:
+            raise InvalidConfigError("an ensemble needs at least one member")
+        names = [m.name for m in members]
+        if len(set(names)) != len(names):
+            raise InvalidConfigError(f"member names must be unique, got {names}")
+        self.members = list(members)
+        self.weights = _normalised_weights(weights, len(members))
+        self.method = make_method(method, k=k) if isinstance(method, str) else method
+        # A lone member is its own primary: it follows its own tokens, so a one-member
+        # "ensemble" decodes exactly as the model does by itself.
+        if primary is None and len(self.members) == 1:
+            primary = 0
+        self.primary = self._index(primary) if primary is not None else None
+        self.load_s = load_s
+        self._subtoken_cache: list[dict[bytes, int | None]] = [{} for _ in members]
+
+    @classmethod
+    def load(
+        cls,
+        specs: Sequence[str] = DEFAULT_ENSEMBLE,
+        *,
+        weights: Sequence[float] | None = None,
+        k: int = 10,
+        method: str = "unite",
+        primary: str | int | None = None,
+        **member_options: Any,
+    ) -> Ensemble:
+        """Load members from spec strings (``.gguf`` paths, aliases, ``prefix:...``)."""
+        make_method(method, k=k)  # validate settings before the slow part
+        t0 = time.perf_counter()
+        members: list[Member] = []
+        try:
+            for spec in specs:
+                members.append(load_member(spec, **member_options))
+        except BaseException:
+            for m in members:
+                m.close()
+            raise
+        return cls(members, weights=weights, k=k, method=method, primary=primary, load_s=time.perf_counter() - t0)
+
+    @classmethod
+    def from_config(cls, path: str | Path, **overrides: Any) -> Ensemble:
+        """Load an ensemble config file (see :mod:`unite_llm.config`)."""
+        from .config import EnsembleConfig
+
+        cfg = EnsembleConfig.read(path)
+        kwargs = cfg.ensemble_kwargs() | {k: v for k, v in overrides.items() if v is not None}
+        return cls.load(**kwargs)
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.members]
+
+    def _index(self, ref: str | int) -> int:
+        if isinstance(ref, int):
+            if not 0 <= ref < len(self.members):
+                raise InvalidConfigError(f"primary index {ref} out of range for {len(self.members)} members")
+            return ref
+        if ref not in self.names:
+            raise InvalidConfigError(f"primary {ref!r} is not a member (members: {', '.join(self.names)})")
+        return self.names.index(ref)
+
+    def close(self) -> None:
+        for m in self.members:
+            m.close()
+
+    def __enter__(self) -> Ensemble:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- generation -----------------------------------------------------------------
+
+    def generate(
+        self, prompt: Prompt, config: GenerationConfig | None = None, *, chat: bool = False, **kwargs: Any
+    ) -> GenerationOutput:
+        """Generate to completion; ``kwargs`` are :class:`GenerationConfig` fields."""
+        for chunk in self.stream(prompt, config, chat=chat, **kwargs):
+            if chunk.output is not None:
+                return chunk.output
+        raise AssertionError("stream ended without a final chunk")
+
+    def stream(
+        self, prompt: Prompt, config: GenerationConfig | None = None, *, chat: bool = False, **kwargs: Any
+    ) -> Iterator[StreamChunk]:
+        """Generate step by step, yielding text as soon as it is complete UTF-8."""
+        if config is None:
+            config = GenerationConfig(**kwargs)
+        elif kwargs:
+            config = replace(config, **kwargs)
+        tracks = [start_track(m, prompt, chat=chat) for m in self.members]
+        yield from self._decode(tracks, config)
+
+    def _forward(self, contexts: list[list[int]]) -> list[np.ndarray]:
+        """Every member's next-token logits for its context (one context per member)."""
+        return [m.next_logits(ctx) for m, ctx in zip(self.members, contexts)]
+
+    def _first_subtoken(self, i: int, candidate: bytes) -> int | None:
+        cache = self._subtoken_cache[i]
+        if candidate not in cache:
+            member = self.members[i]
+            cache[candidate] = member.vocab.first_subtoken(candidate, member.tokenize)
+        return cache[candidate]
+
+    def _scores(self, i: int, logits: np.ndarray) -> MemberScores:
+        member = self.members[i]
+        return MemberScores(member.name, logits, member.vocab, lambda c, i=i: self._first_subtoken(i, c))
+
+    def _record(self, index: int, dist: StepDistribution, choice: int) -> StepRecord:
+        names = self.names
+        union = [
+            {
+                "text": candidate_text(c),
+                "prob": float(dist.probs[j]),
+                "members": {n: float(dist.member_probs[i, j]) for i, n in enumerate(names)},
+                "rules": {n: dist.rules[i][j] for i, n in enumerate(names)} if dist.rules else {},
+            }
+            for j, c in enumerate(dist.candidates)
+        ]
+        return StepRecord(
+            index=index,
+            chosen=candidate_text(dist.candidates[choice]),
+            prob=float(dist.probs[choice]),
+            union_size=len(dist.candidates),
+            member_probs={n: float(dist.member_probs[i, choice]) for i, n in enumerate(names)},
+            union=union,
+        )
+
+    def _append(self, tracks: list[TokenTrack], candidate: bytes, logits: list[np.ndarray]) -> bytes:
+        """Append the chosen candidate to every member; returns the bytes appended."""
+        if self.primary is None:
+            for t in tracks:
+                t.append(candidate)
+            return candidate
+        # Primary mode: the output follows the primary member's own tokens.
+        p = self.primary
+        vocab = self.members[p].vocab
+        ids = vocab.ids_of(candidate)
+        if ids:
+            tid = max(ids, key=lambda t: logits[p][t])
+        else:
+            sub = self._first_subtoken(p, candidate)
+            if sub is None:
+                raise RuntimeError(f"the primary member cannot spell {candidate!r}")
+            tid = sub
+        piece = vocab.pieces[tid]
+        for i, t in enumerate(tracks):
+            if i == p:
+                t.append_tokens([tid])
+            else:
+                t.append(piece)
+        return piece
+
+    def _decode(self, tracks: list[TokenTrack], config: GenerationConfig) -> Iterator[StreamChunk]:
+        rng = np.random.default_rng(config.seed)
+        stops = StopStrings(config.stop)
+        timing = Timing(load_s=self.load_s)
+        prompt_tokens = {m.name: len(t.tokens) for m, t in zip(self.members, tracks)}
+        output = b""
+        emitted = 0
+        steps: list[StepRecord] = []
+        finish, stop_reason = "length", None
+
+        t0 = time.perf_counter()
+        logits = self._forward([t.tokens for t in tracks])
+        timing.prefill_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for index in range(config.max_new_tokens):
+            views = [self._scores(i, lg) for i, lg in enumerate(logits)]
+            dist = self.method(views, self.weights, ignore_eos=config.ignore_eos)
+            choice = choose(dist.probs, config, rng)
+            record = self._record(index, dist, choice)
+            steps.append(record)
+            timing.steps += 1
+            log.debug(
+                "step %d: union=%d chose %r p=%.3f %s", index, record.union_size, record.chosen, record.prob, record.member_probs
+            )
+            candidate = dist.candidates[choice]
+            if candidate is END:
+                finish = "stop"
+                break
+            assert isinstance(candidate, bytes)
+            before = len(output)
+            output += self._append(tracks, candidate, logits)
+            hit = stops.find(output, before)
+            if hit is not None:
+                output = output[: hit[0]]
+                finish, stop_reason = "stop", hit[1]
+                break
+            safe = stops.safe_end(output)
+            yield StreamChunk(output[emitted:safe].decode("utf-8", errors="replace"), record)
+            emitted = max(emitted, safe)
+            if index + 1 == config.max_new_tokens:
+                break
+            if any(len(t.tokens) >= m.n_ctx for m, t in zip(self.members, tracks)):
+                break  # a member's context is full: finish as "length"
+            logits = self._forward([t.tokens for t in tracks])
+        timing.decode_s = time.perf_counter() - t0
+        result = GenerationOutput(
+            text=output.decode("utf-8", errors="replace"),
+            output_bytes=output,
+            finish_reason=finish,
+            stop_reason=stop_reason,
+            steps=steps,
+            timing=timing,
+            prompt_tokens=prompt_tokens,
+        )
+        yield StreamChunk(output[emitted:].decode("utf-8", errors="replace"), steps[-1] if steps else None, result)

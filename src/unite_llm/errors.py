@@ -1,0 +1,44 @@
+"""User-facing errors.
+
+Everything a user can get wrong (a model name, a weight, a prompt) raises a
+:class:`UniteError` subclass whose message names the problem.  The CLI turns these
+into a one-line message and a distinct exit code instead of a traceback; the server
+turns them into OpenAI-style error bodies.  Bugs stay ordinary exceptions.
+"""
+
+from __future__ import annotations
+
+
+class UniteError(Exception):
+    """Base class of errors caused by user input, not by a bug."""
+
+    exit_code = 2
+    http_status = 400
+
+
+class ModelNotFoundError(UniteError):
+    """An alias that is not known, or a model file that does not exist."""
+
+    exit_code = 3
+    http_status = 404
+
+
+class ContextLengthError(UniteError):
+    """A prompt that does not fit a member's context window."""
+
+    exit_code = 4
+    http_status = 400
+
+
+class InvalidConfigError(UniteError):
+    """A bad generation or ensemble setting (k, weights, temperature, ...)."""
+
+    exit_code = 2
+    http_status = 400
+
+
+class InvalidInputError(UniteError):
+    """Input data that cannot be used as given, e.g. bytes that are not UTF-8."""
+
+    exit_code = 2
+    http_status = 400

@@ -1,0 +1,59 @@
+"""Member backends, chosen by the prefix of a model spec.
+
+``path/to/model.gguf`` or an alias         -> llama.cpp (this package's default)
+``<prefix>:<rest>``                         -> the loader registered for ``prefix``
+
+Loaders are registered here or by other packages through the ``unite_llm.members``
+entry-point group (as ``llm`` plugins add models): ``name = "module:function"``, where
+the function takes the rest of the spec and keyword options and returns a Member.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any
+
+from ..errors import ModelNotFoundError
+from .base import Member, common_prefix, log_softmax
+
+Loader = Callable[..., Member]
+
+# prefix -> "module:attribute"; imported lazily so torch/ray load only when used.
+BUILTIN_LOADERS: dict[str, str] = {
+    "gguf": "unite_llm.members.llama_cpp:LlamaCppMember",
+}
+
+
+def _loaders() -> dict[str, str]:
+    found = dict(BUILTIN_LOADERS)
+    for ep in entry_points(group="unite_llm.members"):
+        found.setdefault(ep.name, ep.value)
+    return found
+
+
+def _import(target: str) -> Loader:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """``"hf:org/model"`` -> ``("hf", "org/model")``; plain paths and aliases -> gguf."""
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix in _loaders() and not (len(prefix) == 1 and rest.startswith("\\")):
+        return prefix, rest
+    return "gguf", spec
+
+
+def load_member(spec: str, **options: Any) -> Member:
+    """Load one member from a spec string (see the module docstring)."""
+    prefix, rest = split_spec(spec)
+    loaders = _loaders()
+    if prefix not in loaders:
+        raise ModelNotFoundError(f"no member backend for {spec!r} (known prefixes: {', '.join(sorted(loaders))})")
+    options.setdefault("name", None)
+    return _import(loaders[prefix])(rest, **options)
+
+
+__all__ = ["Member", "common_prefix", "load_member", "log_softmax", "split_spec"]

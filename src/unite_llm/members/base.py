@@ -1,0 +1,78 @@
+"""The one small protocol every ensemble member implements.
+
+A member is a language model seen through four things: a byte-level vocabulary, a
+tokenizer, a chat template, and ``next_logits(context)``: "make your context exactly
+these token ids and score the next token".  How the member gets there (KV-cache
+rollback in llama.cpp, ``DynamicCache.crop`` in transformers, an actor on another
+machine) is its own business; the decode loop only ever hands over full contexts, and
+the member evaluates only what differs from the context it already holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from ..vocab import ByteVocab
+
+
+@runtime_checkable
+class Member(Protocol):
+    """An ensemble member (one model, one tokenizer, one KV cache)."""
+
+    name: str
+    """Short display name, unique within an ensemble."""
+
+    vocab: ByteVocab
+    """Token id <-> exact bytes, and the end-of-generation ids."""
+
+    n_ctx: int
+    """Context window in tokens."""
+
+    chat_template: str | None
+    """Jinja chat template from the model's own metadata, if it has one."""
+
+    bos_text: str
+    """How the BOS token is spelled in a rendered chat template ('' if none)."""
+
+    eos_text: str
+    """How the EOS token is spelled in a rendered chat template ('' if none)."""
+
+    n_evaluated: int
+    """Tokens run through the model so far (prefill + decode); proves no re-encoding."""
+
+    def tokenize(self, text: bytes, *, add_bos: bool = False, special: bool = False) -> list[int]:
+        """The member's own tokenizer on valid UTF-8 ``text``."""
+        ...
+
+    def next_logits(self, context: Sequence[int]) -> np.ndarray:
+        """Make the member's context exactly ``context``; return next-token logits.
+
+        The result is a float32 vector over the full vocabulary: log-probabilities up to
+        an additive constant.  It may be a view into the backend's buffer, valid until
+        the next call.  Implementations keep their KV cache for the longest common
+        prefix with the previous context and evaluate only the rest.
+        """
+        ...
+
+    def close(self) -> None:
+        """Free the model."""
+        ...
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Normalised log-probabilities (for users and reports; the step does not need Z)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    shifted = logits - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token sequences."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

