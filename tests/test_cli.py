@@ -33,7 +33,7 @@ def test_generate_json_has_text_steps_and_timing():
 
 
 def test_generate_streams_plain_text_and_reads_stdin():
-    proc = run("generate", "-n", "6", "--n-ctx", "512", "--stop", "\n", "-", stdin="2 + 2 =".encode())
+    proc = run("generate", "-n", "6", "--n-ctx", "512", "--stop", "\n", "-", stdin=b"2 + 2 =")
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().strip()
     assert b"Traceback" not in proc.stderr
