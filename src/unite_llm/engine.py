@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -214,9 +214,17 @@ class Ensemble:
 
     # -- generation -----------------------------------------------------------------
 
+    @overload
+    def generate(
+        self, prompt: list[Prompt], config: GenerationConfig | None = None, *, chat: bool = False, **kwargs: Any
+    ) -> list[GenerationOutput]: ...
+    @overload
+    def generate(
+        self, prompt: Prompt, config: GenerationConfig | None = None, *, chat: bool = False, **kwargs: Any
+    ) -> GenerationOutput: ...
     def generate(
         self, prompt: Prompt | list[Prompt], config: GenerationConfig | None = None, *, chat: bool = False, **kwargs: Any
-    ) -> Any:
+    ) -> GenerationOutput | list[GenerationOutput]:
         """Generate to completion; ``kwargs`` are :class:`GenerationConfig` fields.
 
         A list of prompts (strings, or message lists in chat mode) is a batch, as with
