@@ -13,6 +13,7 @@ logits and runs as in the single-prompt loop.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,10 @@ from .sync import TokenTrack
 
 if TYPE_CHECKING:
     from .engine import Ensemble, GenerationOutput
+
+# Row names are unique per call, so a member starts a fresh batch cache for each call
+# instead of carrying the previous batch's (dead) columns along.
+_calls = itertools.count(1)
 
 
 class _Row:
@@ -77,9 +82,11 @@ def decode_batch(ens: Ensemble, prompts: Sequence[Prompt], config: GenerationCon
     stops = StopStrings(config.stop)
     n_members = len(ens.members)
 
+    base = next(_calls) << 32
+
     def forward(active: list[int]) -> list[Any]:
         contexts = [[rows[r].tracks[i].tokens for r in active] for i in range(n_members)]
-        return ens._forward(contexts, rows=active)
+        return ens._forward(contexts, rows=[base + r for r in active])
 
     active = list(range(len(rows)))
     t0 = time.perf_counter()

@@ -292,7 +292,9 @@ class TransformersMember:
         masks its stale columns out instead of cropping the others; the new suffixes
         are appended as one block, left-padded to the longest, with each token's
         position id set to its position in its own row.  So every row evaluates only
-        its new tokens, and attention sees exactly the row's context.
+        its new tokens, and attention sees exactly the row's context.  (One caveat: a
+        sliding-window layer counts cache columns, masked ones included, so for contexts
+        longer than the window a row's window is a little shorter than alone.)
 
         The scores stay on the model's device (float32) so that top-k and the gather of
         the union candidates run there; only those few numbers are copied out.
