@@ -226,7 +226,11 @@ class TransformersMember:
         path = Path(spec).expanduser()
         if path.exists() and not path.is_dir():
             raise ModelNotFoundError(f"{spec!r} is a file but not a .gguf; give a model directory or a hub id")
-        return (str(path) if path.is_dir() else spec), {}
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ModelNotFoundError(f"{spec!r} is a directory without a config.json: not a transformers model")
+            return str(path), {}
+        return spec, {}
 
     def _eog_ids(self, n_vocab: int) -> set[int]:
         eog = _ids(self.tokenizer.eos_token_id) | _ids(getattr(self.model.generation_config, "eos_token_id", None))
