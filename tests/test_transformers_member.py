@@ -247,7 +247,7 @@ def test_hf_prefix_and_errors(tmp_path):
     writer.close()
     with pytest.raises(ModelNotFoundError, match=r"architecture 'rwkv6'.*llama\.cpp"):
         TransformersMember(str(path))
-    with pytest.raises(ModelNotFoundError, match="without a config.json"):
+    with pytest.raises(ModelNotFoundError, match=r"without a config\.json"):
         TransformersMember(str(tmp_path))  # a directory with no model in it
     with pytest.raises(ModelNotFoundError, match="cannot load"):
         TransformersMember("unite-llm-tests/no-such-model")  # a hub id, offline and not cached
