@@ -152,7 +152,7 @@ def test_greedy_agreement_with_llama_cpp(pairs, datasets, which):
         agree += a == b
     rate = agree / 200
     print(f"{which}: llama.cpp vs transformers greedy agreement {agree}/200 = {rate:.1%}")
-    assert rate >= 0.95
+    assert rate >= 0.95, f"{which}: greedy agreement {agree}/200 = {rate:.1%} (was 96.5 % SmolLM2, 96.0 % Gemma-3)"
     # One new token per step: the cache was kept (a re-encoding would cost ~t each step).
     assert hf.n_evaluated - before <= 200 + 1
 
