@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
 from .errors import InvalidConfigError
-from .members import Member, load_member
+from .members import Member, forward_rows, load_member, supports_batch
 from .methods import make_method
 from .methods.base import END, MemberScores, StepDistribution, StepMethod, candidate_text
 from .models import DEFAULT_ENSEMBLE
@@ -121,6 +121,11 @@ def _normalised_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
     return w / w.sum()
 
 
+def _is_batch(prompt: Any) -> bool:
+    """A list of prompts, not one chat (a chat is a list of message mappings)."""
+    return isinstance(prompt, list | tuple) and bool(prompt) and not any(isinstance(p, Mapping) for p in prompt)
+
+
 class Ensemble:
     """Several members decoding as one model.
 
@@ -212,10 +217,25 @@ class Ensemble:
 
     # -- generation -----------------------------------------------------------------
 
+    @overload
+    def generate(
+        self, prompt: list[Prompt], config: GenerationConfig | None = None, *, chat: bool = False, **kwargs: Any
+    ) -> list[GenerationOutput]: ...
+    @overload
     def generate(
         self, prompt: Prompt, config: GenerationConfig | None = None, *, chat: bool = False, **kwargs: Any
-    ) -> GenerationOutput:
-        """Generate to completion; ``kwargs`` are :class:`GenerationConfig` fields."""
+    ) -> GenerationOutput: ...
+    def generate(
+        self, prompt: Prompt | list[Prompt], config: GenerationConfig | None = None, *, chat: bool = False, **kwargs: Any
+    ) -> GenerationOutput | list[GenerationOutput]:
+        """Generate to completion; ``kwargs`` are :class:`GenerationConfig` fields.
+
+        A list of prompts (strings, or message lists in chat mode) is a batch, as with
+        a transformers pipeline: it returns one :class:`GenerationOutput` per prompt
+        (see :meth:`generate_batch`).
+        """
+        if _is_batch(prompt):
+            return self.generate_batch(prompt, config, chat=chat, **kwargs)  # type: ignore[arg-type]
         for chunk in self.stream(prompt, config, chat=chat, **kwargs):
             if chunk.output is not None:
                 return chunk.output
@@ -232,8 +252,33 @@ class Ensemble:
         tracks = [start_track(m, prompt, chat=chat) for m in self.members]
         yield from self._decode(tracks, config)
 
-    def _forward(self, contexts: list[list[int]]) -> list[np.ndarray]:
-        """Every member's next-token logits for its context (one context per member)."""
+    def generate_batch(
+        self, prompts: Sequence[Prompt], config: GenerationConfig | None = None, *, chat: bool = False, **kwargs: Any
+    ) -> list[GenerationOutput]:
+        """Generate every prompt; each output equals ``generate`` on that prompt alone.
+
+        When every member can score a batch in one pass (``next_logits_batch``, e.g.
+        transformers members) the rows decode together (:mod:`unite_llm.batch`);
+        otherwise (a llama.cpp member holds one KV sequence) the rows run one at a time.
+        """
+        if config is None:
+            config = GenerationConfig(**kwargs)
+        elif kwargs:
+            config = replace(config, **kwargs)
+        if not all(supports_batch(m) for m in self.members):
+            return [self.generate(p, config, chat=chat) for p in prompts]
+        from .batch import decode_batch
+
+        return decode_batch(self, prompts, config, chat=chat)
+
+    def _forward(self, contexts: list[Any], rows: list[int] | None = None) -> list[Any]:
+        """Every member's next-token logits for its context (one entry per member).
+
+        Batched (``rows`` names the active rows): each entry is a list of contexts, one
+        per row, and each member returns ``[len(rows), vocab]`` scores in one pass.
+        """
+        if rows is not None:
+            return [forward_rows(m, ctx, rows) for m, ctx in zip(self.members, contexts)]
         return [m.next_logits(ctx) for m, ctx in zip(self.members, contexts)]
 
     def _first_subtoken(self, i: int, candidate: bytes) -> int | None:
@@ -267,7 +312,7 @@ class Ensemble:
             union=union,
         )
 
-    def _append(self, tracks: list[TokenTrack], candidate: bytes, logits: list[np.ndarray]) -> bytes:
+    def _append(self, tracks: list[TokenTrack], candidate: bytes, logits: Sequence[Any]) -> bytes:
         """Append the chosen candidate to every member; returns the bytes appended."""
         if self.primary is None:
             for t in tracks:

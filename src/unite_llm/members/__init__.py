@@ -1,6 +1,7 @@
 """Member backends, chosen by the prefix of a model spec.
 
 ``path/to/model.gguf`` or an alias         -> llama.cpp (this package's default)
+``hf:<hub-id-or-dir>`` / ``hf:<file>.gguf``  -> transformers (extra ``unite-llm[hf]``)
 ``<prefix>:<rest>``                         -> the loader registered for ``prefix``
 
 Loaders are registered here or by other packages through the ``unite_llm.members``
@@ -16,13 +17,14 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from ..errors import ModelNotFoundError
-from .base import Member, common_prefix, log_softmax
+from .base import BatchMember, Member, common_prefix, forward_rows, log_softmax, supports_batch
 
 Loader = Callable[..., Member]
 
 # prefix -> "module:attribute"; imported lazily so torch/ray load only when used.
 BUILTIN_LOADERS: dict[str, str] = {
     "gguf": "unite_llm.members.llama_cpp:LlamaCppMember",
+    "hf": "unite_llm.members.transformers:TransformersMember",
 }
 
 
@@ -56,4 +58,13 @@ def load_member(spec: str, **options: Any) -> Member:
     return _import(loaders[prefix])(rest, **options)
 
 
-__all__ = ["Member", "common_prefix", "load_member", "log_softmax", "split_spec"]
+__all__ = [
+    "BatchMember",
+    "Member",
+    "common_prefix",
+    "forward_rows",
+    "load_member",
+    "log_softmax",
+    "split_spec",
+    "supports_batch",
+]

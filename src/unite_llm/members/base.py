@@ -11,7 +11,7 @@ the member evaluates only what differs from the context it already holds.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -60,6 +60,35 @@ class Member(Protocol):
     def close(self) -> None:
         """Free the model."""
         ...
+
+
+@runtime_checkable
+class BatchMember(Member, Protocol):
+    """A member that can also score many contexts in one forward pass (optional).
+
+    ``next_logits_batch(contexts, rows)`` returns ``[len(contexts), vocab]`` float32
+    scores: a numpy array, or a torch tensor left on the member's device so that the
+    batched step takes its top-k there and copies out only the union's candidates.
+    ``rows`` names the contexts (default ``0..B-1``): a name continues the KV state of
+    the same name from the previous call (only each row's new suffix is evaluated),
+    names not given again are dropped (finished rows), new names start a new batch.
+    Members without it (llama.cpp keeps one KV sequence) decode batches row by row.
+    """
+
+    def next_logits_batch(self, contexts: Sequence[Sequence[int]], rows: Sequence[int] | None = None) -> Any: ...
+
+
+def supports_batch(member: Member) -> bool:
+    """Whether ``member`` scores a batch in one pass (see :class:`BatchMember`)."""
+    return callable(getattr(member, "next_logits_batch", None))
+
+
+def forward_rows(member: Member, contexts: Sequence[Sequence[int]], rows: Sequence[int]) -> Any:
+    """``[B, vocab]`` scores for one member over many rows (one pass where it can)."""
+    if supports_batch(member):
+        return member.next_logits_batch(contexts, rows)  # type: ignore[attr-defined]
+    # next_logits may return a view into the backend's buffer: copy each row.
+    return np.stack([np.array(member.next_logits(ctx), dtype=np.float32) for ctx in contexts])
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
