@@ -19,14 +19,14 @@ DATASETS = Path(os.environ.get("UNITE_DATASETS", ROOT.parent / "shared" / "datas
 
 @pytest.fixture(scope="session")
 def smol() -> LlamaCppMember:
-    m = LlamaCppMember("smollm2-135m-instruct", n_ctx=2048)
+    m = LlamaCppMember("smollm2-135m-instruct", n_ctx=2048, n_threads=1)
     yield m
     m.close()
 
 
 @pytest.fixture(scope="session")
 def gemma() -> LlamaCppMember:
-    m = LlamaCppMember("gemma3-270m", n_ctx=2048)
+    m = LlamaCppMember("gemma3-270m", n_ctx=2048, n_threads=1)
     yield m
     m.close()
 
