@@ -20,12 +20,19 @@ PROMPTS = [
 
 
 def own_greedy(member: LlamaCppMember, prompt: str, n: int) -> list[int]:
-    """The model decoding by itself with llama-cpp-python: argmax, append, repeat."""
+    """The model decoding by itself with llama-cpp-python: argmax, append, repeat.
+
+    The last prompt token is evaluated on its own, as every later token is (and as
+    llama-cpp-python's own ``generate`` does once the prompt is cached): llama.cpp's
+    batched and single-token kernels round differently, so logits read from the end of a
+    batch differ in the last bits, which can flip a near-tie.
+    """
     llm = member.llm
     ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
     llm.reset()
     member._context = []
-    llm.eval(ids)
+    llm.eval(ids[:-1])
+    llm.eval(ids[-1:])
     out: list[int] = []
     for _ in range(n):
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
