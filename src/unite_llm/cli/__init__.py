@@ -3,6 +3,7 @@ itself on :data:`app`; importing them here is all it takes to add one."""
 
 from __future__ import annotations
 
+from . import eval as _eval  # noqa: F401  (registers `unite eval`)
 from . import generate as _generate  # noqa: F401  (registers `unite generate`, `unite models`)
 from ._app import app
 
