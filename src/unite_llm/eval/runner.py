@@ -86,7 +86,15 @@ def ensemble_system(
         "weights": [round(float(w), 6) for w in ens.weights],
         "primary": primary,
     }
-    return System(label or f"{method}({'+'.join(m.name for m in members)})", method, ens, settings)
+    if label is None:
+        # Settings other than the defaults are part of the label, so each gets its own results file.
+        extra = [f"k={k}"] if k != 10 else []
+        if weights is not None and len({round(float(w), 6) for w in ens.weights}) > 1:
+            extra.append("w=" + "/".join(f"{w:.2f}" for w in ens.weights))
+        if primary is not None:
+            extra.append(f"primary={primary}")
+        label = f"{method}({'+'.join(m.name for m in members)})" + (f"[{','.join(extra)}]" if extra else "")
+    return System(label, method, ens, settings)
 
 
 def build_systems(
