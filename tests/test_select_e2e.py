@@ -65,8 +65,9 @@ def test_strict_rule_rejects_and_config_keeps_the_primary_only(tmp_path: Path) -
     task.write_text(TASK_YAML)
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "COLUMNS": "200"}
     cmd = [
-        *UNITE, "select", "-c", "smollm2-135m-instruct", "-c", "gemma3-270m", "--task", str(task), "--out", str(tmp_path / "runs"),
-        "--write", str(tmp_path / "c.json"), "--threads", "1", "--no-progress", "--gap", "0", "--length-ratio", "1.0",
+        *UNITE, "select", "-c", "smollm2-135m-instruct", "-c", "gemma3-270m", "--task", str(task),
+        "--out", str(tmp_path / "runs"), "--write", str(tmp_path / "c.json"), "--threads", "1", "--no-progress",
+        "--gap", "0", "--length-ratio", "1.0",
     ]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr

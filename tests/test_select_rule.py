@@ -63,7 +63,8 @@ def test_more_than_three_candidates() -> None:
     table = [c("m1", 30, 10), c("m2", 45, 12), c("m3", 44, 30), c("m4", 40, 11), c("m5", 36, 12), c("m6", 12, 12)]
     sel = select_members(table, gap=10, length_ratio=2.0)
     assert [d.name for d in sel.decisions] == ["m2", "m3", "m4", "m5", "m1", "m6"]
-    assert verdicts(sel) == {"m2": "primary", "m3": "rejected", "m4": "selected", "m5": "selected", "m1": "rejected", "m6": "rejected"}
+    expected = {"m2": "primary", "m3": "rejected", "m4": "selected", "m5": "selected", "m1": "rejected", "m6": "rejected"}
+    assert verdicts(sel) == expected
 
 
 def test_zero_length_and_single_candidate() -> None:

@@ -16,7 +16,8 @@ def decision_table(report: Any) -> Any:
 
     sel = report.selection
     table = Table(
-        title=f"Determine-Then-Ensemble on {report.task} ({report.split}, gap {sel.gap:g} pts, length ratio {sel.length_ratio:g}x)"
+        title=f"Determine-Then-Ensemble on {report.task} ({report.split}, "
+        f"gap {sel.gap:g} pts, length ratio {sel.length_ratio:g}x)"
     )
     for col in ("candidate", "score %", "95% CI", "N", "length (chars)", "tokens", "vocab", "gap", "ratio", "verdict", "reason"):
         table.add_column(col)
@@ -64,7 +65,8 @@ def markdown(report: Any) -> str:
     lines = [
         f"# Determine-Then-Ensemble on {d['task']} ({d['split']} split)",
         "",
-        f"Rule: primary = best candidate; others join if within {d['gap']:g} points and {d['length_ratio']:g}x mean length (characters).",
+        f"Rule: primary = best candidate; others join if within {d['gap']:g} points "
+        f"and {d['length_ratio']:g}x mean length (characters).",
         "",
         "| candidate | score % | 95% CI | N | chars | tokens | vocab | gap | ratio | verdict | reason |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -72,7 +74,8 @@ def markdown(report: Any) -> str:
     for r in d["decisions"]:
         lo, hi = r["ci95"]
         lines.append(
-            f"| {r['candidate']} | {r['score']:.1f} | [{lo:.1f}, {hi:.1f}] | {r['n']} | {r['mean_chars']:.1f} | {r['mean_tokens']:.1f} | "
+            f"| {r['candidate']} | {r['score']:.1f} | [{lo:.1f}, {hi:.1f}] | {r['n']} | "
+            f"{r['mean_chars']:.1f} | {r['mean_tokens']:.1f} | "
             f"{r['vocab_size']:,} | {r['gap']:.1f} | {r['length_ratio']} | {r['verdict']} | {r['reason']} |"
         )
     if d["verify"]:
@@ -86,7 +89,8 @@ def markdown(report: Any) -> str:
         for name, r in d["verify"].items():
             lo, hi = r["ci95"]
             lines.append(
-                f"| {name} | {' + '.join(r['members'])} | {r['n']} | {r['accuracy']:.1f} | [{lo:.1f}, {hi:.1f}] | {r['mean_chars']:.1f} |"
+                f"| {name} | {' + '.join(r['members'])} | {r['n']} | {r['accuracy']:.1f} | "
+                f"[{lo:.1f}, {hi:.1f}] | {r['mean_chars']:.1f} |"
             )
     if d["tuning"]:
         t = d["tuning"]
@@ -168,7 +172,8 @@ def select_cmd(
         t = rep.tuning
         console.print(
             f"tuning: best k={t['best']['k']} weights={t['best']['weights'] or 'equal'}; held-out ({t['held_out_n']} items): "
-            f"equal {t['held_out_equal']['accuracy']:.1f}% -> tuned {t['held_out_tuned']['accuracy']:.1f}% ({t['gain_points']:+.1f} points)"
+            f"equal {t['held_out_equal']['accuracy']:.1f}% -> tuned {t['held_out_tuned']['accuracy']:.1f}% "
+            f"({t['gain_points']:+.1f} points)"
         )
     console.print(f"selected: {', '.join(d.name for d in rep.selection.selected)}")
     if write:
