@@ -23,10 +23,14 @@ def _summary() -> dict:
         {"label": "b", "method": "single"},
         {"label": "unite(a+b)", "method": "unite"},
     ]
+
+    def rows(a: list, b: list, u: list) -> dict:
+        return {"a": summarize(_rows(a)), "b": summarize(_rows(b)), "unite(a+b)": summarize(_rows(u))}
+
     tasks = {
-        "piqa": {"n": 4, "systems": {"a": summarize(_rows([1, 1, 0, 0])), "b": summarize(_rows([1, 1, 1, 0])), "unite(a+b)": summarize(_rows([1, 1, 1, 1]))}},
-        "gsm8k": {"n": 4, "systems": {"a": summarize(_rows([1, 0, 0, 0])), "b": summarize(_rows([0, 0, 0, 0])), "unite(a+b)": summarize(_rows([0, 0, 0, 0]))}},
-    }  # fmt: skip
+        "piqa": {"n": 4, "systems": rows([1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1])},
+        "gsm8k": {"n": 4, "systems": rows([1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0])},
+    }
     return {"title": "t", "command": "unite eval", "systems": systems, "tasks": tasks}
 
 
@@ -70,7 +74,8 @@ def test_limits_nest_and_keep_file_order(datasets) -> None:
 
 def test_mmlu_prompt_is_few_shot_from_the_same_subject(datasets) -> None:
     item = Task.load("mmlu", datasets_dir=datasets).items(limit=5)[0]
-    assert item.prompt.startswith(f"The following are multiple choice questions (with answers) about {item.group.replace('_', ' ')}.")
+    subject = item.group.replace("_", " ")
+    assert item.prompt.startswith(f"The following are multiple choice questions (with answers) about {subject}.")
     assert item.prompt.count("\nAnswer:") == 6 and item.prompt.endswith("\nAnswer:")
 
 
