@@ -3,13 +3,18 @@ and/or a temperature on its logits.
 
 It exists to make the paper's Fig. 2 point with the models we have: Determine-Then-
 Ensemble rejects a candidate whose answers are much longer (a verbose style) or whose
-accuracy is far below the best.  ``styled:verbose:smollm2-135m-instruct`` is SmolLM2
-that has first read a few long-winded demonstrations; ``styled:temperature=2:gemma3-270m``
-is Gemma with its logits divided by 2.  Options join with ``,``
-(``styled:verbose,temperature=0.5:MODEL``).
+accuracy is far below the best.
 
-The prefix is inserted after the BOS token of every context the ensemble hands over, so
-the member's KV cache still reuses the shared prefix between calls.
+* ``styled:verbose:MODEL`` never ends a line or the text on its own: its newline and
+  end-of-generation logits are pushed to ~zero probability, so it keeps talking where the
+  task wants a one-line answer, like a chatty model.  (A prompt prefix asking for long
+  answers was tried first and changed nothing: the task's own few-shot block, which comes
+  after it, sets the style.)
+* ``styled:temperature=T:MODEL`` divides the logits by T.
+* ``styled:prefix=TEXT:MODEL`` reads TEXT (after BOS) before every context; the KV cache
+  still reuses the shared prefix between calls.
+
+Options join with ``,`` (``styled:verbose,temperature=0.5:MODEL``).
 """
 
 from __future__ import annotations
@@ -21,22 +26,18 @@ import numpy as np
 
 from ..errors import InvalidConfigError
 
-VERBOSE_PREFIX = (
-    "Question: What is the capital of France?\n"
-    "Answer: The capital of France is the city of Paris, which has been the political, economic and "
-    "cultural centre of the country for many centuries and is famous for the Eiffel Tower.\n\n"
-    "Question: Who wrote Hamlet?\n"
-    "Answer: The play Hamlet was written by the English poet and playwright William Shakespeare, "
-    "probably around the year 1600, and it is one of his most famous tragedies.\n\n"
-)
+SUPPRESSED_LOGIT = -1e4
+"""What ``verbose`` sets the newline and end-of-generation logits to: probability ~0."""
 
 
 def parse_style(style: str) -> dict[str, Any]:
-    out: dict[str, Any] = {"prefix": "", "temperature": 1.0}
+    out: dict[str, Any] = {"prefix": "", "temperature": 1.0, "verbose": False}
     for part in filter(None, style.split(",")):
         key, eq, value = part.partition("=")
         if key == "verbose" and not eq:
-            out["prefix"] = VERBOSE_PREFIX
+            out["verbose"] = True
+        elif key == "prefix" and eq:
+            out["prefix"] = value.replace("\\n", "\n")
         elif key == "temperature" and eq:
             try:
                 out["temperature"] = float(value)
@@ -45,7 +46,7 @@ def parse_style(style: str) -> dict[str, Any]:
             if out["temperature"] <= 0:
                 raise InvalidConfigError("styled member: temperature must be > 0")
         else:
-            raise InvalidConfigError(f"styled member: unknown option {part!r} (known: verbose, temperature=T)")
+            raise InvalidConfigError(f"styled member: unknown option {part!r} (known: verbose, temperature=T, prefix=TEXT)")
     return out
 
 
@@ -70,6 +71,12 @@ class StyledMember:
         self.eos_text = self.inner.eos_text
         self._prefix = self.inner.tokenize(settings["prefix"].encode(), add_bos=False) if settings["prefix"] else []
         self.n_ctx = self.inner.n_ctx - len(self._prefix)
+        pieces = self.vocab.pieces
+        self._suppress = (
+            np.array([i for i, p in enumerate(pieces) if b"\n" in p or i in self.vocab.eog_ids], dtype=np.int64)
+            if settings["verbose"]
+            else None
+        )
 
     @property
     def n_evaluated(self) -> int:
@@ -84,6 +91,11 @@ class StyledMember:
             lead = 1 if ctx and not self.vocab.pieces[ctx[0]] else 0  # keep BOS first
             ctx = ctx[:lead] + self._prefix + ctx[lead:]
         logits = self.inner.next_logits(ctx)
+        if self._suppress is None and self.temperature == 1.0:
+            return logits
+        logits = np.array(logits, dtype=np.float32)  # a copy: the inner buffer belongs to llama.cpp
+        if self._suppress is not None:
+            logits[self._suppress] = SUPPRESSED_LOGIT
         return logits / self.temperature if self.temperature != 1.0 else logits
 
     def close(self) -> None:
