@@ -164,7 +164,9 @@ def select_cmd(
         progress=progress,
         member_options={"n_threads": threads} if threads else None,
     )
-    console = Console()
+    import sys
+
+    console = Console(width=None if sys.stdout.isatty() else 220)  # piped: do not squeeze the table to 80 columns
     console.print(decision_table(rep))
     if rep.verify:
         console.print(verify_table(rep))
