@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from unite_llm.config import EnsembleConfig
 
 from .test_eval_resume import CAPITALS, TASK_YAML
@@ -25,7 +27,7 @@ def test_select_writes_a_config_that_generate_runs(tmp_path: Path) -> None:
     cmd = [
         *UNITE, "select", "-c", "smollm2-135m-instruct", "-c", "gemma3-270m", "--task", str(task),
         "--out", str(tmp_path / "runs"), "--write", str(cfg_path), "--report", str(tmp_path / "sel.md"),
-        "--threads", "1", "--no-progress", "--gap", "100", "--length-ratio", "100",
+        "--threads", "1", "--no-progress", "--gap", "100", "--length-ratio", "100", "--verify",
     ]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
@@ -41,6 +43,14 @@ def test_select_writes_a_config_that_generate_runs(tmp_path: Path) -> None:
     assert cfg.members[0] == expected_primary and cfg.primary == expected_primary
     assert set(cfg.members) == set(scores)  # the loose gap and ratio admit both
     assert cfg.notes["decisions"][0]["verdict"] == "primary" and cfg.notes["task"] == "capitals"
+    verify = report["verify"]
+    assert set(verify) == {"smollm2-135m-instruct", "gemma3-270m", "selected"}
+    assert verify["selected"]["members"] == cfg.members and verify["selected"]["n"] == 4
+    assert verify["selected"]["delta_vs_selected"] == 0.0
+    for name in scores:  # each member alone vs the ensemble, on the same 4 items
+        diff = verify[name]["accuracy"] - verify["selected"]["accuracy"]
+        assert verify[name]["delta_vs_selected"] == pytest.approx(diff, abs=0.01)
+        assert verify[name]["delta_ci95"][0] <= verify[name]["delta_vs_selected"] <= verify[name]["delta_ci95"][1]
     assert scores["gemma3-270m"]["vocab_size"] == 262144 and scores["smollm2-135m-instruct"]["vocab_size"] == 49152
     # The per-item results the selection used are the harness's own files, one line per item.
     for name in scores:

@@ -92,3 +92,13 @@ def test_table_rows_carry_every_column() -> None:
 def test_weight_grid() -> None:
     assert weight_grid(2) == [None, [0.6, 0.4], [0.7, pytest.approx(0.3)]]  # 0.5/0.5 is the equal setting
     assert weight_grid(3)[1] == [0.5, 0.25, 0.25]
+
+
+def test_paired_difference() -> None:
+    from unite_llm.select import paired_difference
+
+    a = [True] * 30 + [False] * 10
+    b = [True] * 20 + [False] * 20
+    delta, (lo, hi) = paired_difference(a, b)
+    assert delta == 25.0 and 10.0 < lo < delta < hi <= 40.0  # a is right wherever b is, and on 10 more items
+    assert paired_difference(a, a) == (0.0, [0.0, 0.0])

@@ -243,8 +243,13 @@ def run_selection(
         if bar is not None:
             bar.start()
 
+        correct: dict[str, list[bool]] = {}  # per-item verdicts by system label, for paired comparisons
+
         def evaluate(system: Any, its: Sequence[Any] = items) -> dict[str, Any]:
-            return summarize(run_task(t, system, its, out, progress=bar))
+            results = run_task(t, system, its, out, progress=bar)
+            if its is items:
+                correct[system.label] = [bool(r["correct"]) for r in results]
+            return {**summarize(results), "label": system.label}
 
         scores = [_score_of(evaluate(single_system(m, k=k)), m.name, spec_of[m.name], len(m.vocab), length_unit) for m in members]
         selection = select_members(scores, gap=gap, length_ratio=length_ratio)
@@ -257,7 +262,11 @@ def run_selection(
         verify_rows: dict[str, Any] = {}
         if verify:
             for d in selection.decisions:
-                verify_rows[d.name] = {"members": [d.name], **_brief(next(s for s in scores if s.name == d.name))}
+                verify_rows[d.name] = {
+                    "members": [d.name],
+                    "label": d.name,
+                    **_brief(next(s for s in scores if s.name == d.name)),
+                }
             if len(chosen) > 1:
                 verify_rows["selected"] = {"members": [m.name for m in chosen], **evaluate(ens(chosen))}
             for d in selection.rejected:
@@ -270,6 +279,10 @@ def run_selection(
                         "members": [m.name for m in swapped],
                         **evaluate(ens(swapped)),
                     }
+
+            ref = verify_rows.get("selected", verify_rows[lead])["label"]
+            for row in verify_rows.values():
+                row["delta_vs_selected"], row["delta_ci95"] = paired_difference(correct[row["label"]], correct[ref])
 
         weights: list[float] | None = None
         best_k = k
@@ -323,6 +336,23 @@ def run_selection(
         },
     )
     return SelectionReport(t.name, split_used, selection, config, verify_rows, tuning)
+
+
+def paired_difference(a: Sequence[bool], b: Sequence[bool], *, n_boot: int = 10000, seed: int = 0) -> tuple[float, list[float]]:
+    """Accuracy of ``a`` minus ``b`` on the same items, in points, with a 95 % paired bootstrap interval.
+
+    Pairing matters: two systems answering the same items are correlated, so the interval
+    of the difference is much narrower than the two separate intervals suggest.
+    """
+    import numpy as np
+
+    x = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if len(x) == 0:
+        return 0.0, [0.0, 0.0]
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
+    means = x[idx].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return round(100 * float(x.mean()), 2), [round(100 * float(lo), 2), round(100 * float(hi), 2)]
 
 
 def _brief(c: CandidateScore) -> dict[str, Any]:

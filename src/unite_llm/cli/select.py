@@ -44,10 +44,11 @@ def verify_table(report: Any) -> Any:
     from rich.table import Table
 
     table = Table(title="--verify: the selection against the alternatives it rejected")
-    for col in ("system", "members", "N", "accuracy %", "95% CI", "chars"):
+    for col in ("system", "members", "N", "accuracy %", "95% CI", "chars", "vs selected", "paired 95% CI"):
         table.add_column(col)
     for name, row in report.verify.items():
         lo, hi = row["ci95"]
+        dlo, dhi = row["delta_ci95"]
         table.add_row(
             name,
             " + ".join(row["members"]),
@@ -55,6 +56,8 @@ def verify_table(report: Any) -> Any:
             f"{row['accuracy']:.1f}",
             f"[{lo:.1f}, {hi:.1f}]",
             f"{row['mean_chars']:.1f}",
+            f"{row['delta_vs_selected']:+.1f}",
+            f"[{dlo:+.1f}, {dhi:+.1f}]",
         )
     return table
 
@@ -83,14 +86,17 @@ def markdown(report: Any) -> str:
             "",
             "## Verification",
             "",
-            "| system | members | N | accuracy % | 95% CI (Wilson) | chars |",
-            "|---|---|---|---|---|---|",
+            "Difference = accuracy minus the selected ensemble's on the same items, with a 95 % paired bootstrap interval.",
+            "",
+            "| system | members | N | accuracy % | 95% CI (Wilson) | chars | difference | 95% CI of difference |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, r in d["verify"].items():
             lo, hi = r["ci95"]
             lines.append(
                 f"| {name} | {' + '.join(r['members'])} | {r['n']} | {r['accuracy']:.1f} | "
-                f"[{lo:.1f}, {hi:.1f}] | {r['mean_chars']:.1f} |"
+                f"[{lo:.1f}, {hi:.1f}] | {r['mean_chars']:.1f} | {r['delta_vs_selected']:+.1f} | "
+                f"[{r['delta_ci95'][0]:+.1f}, {r['delta_ci95'][1]:+.1f}] |"
             )
     if d["tuning"]:
         t = d["tuning"]
