@@ -190,7 +190,7 @@ def weight_grid(n_members: int, primary_weights: Sequence[float] = (0.5, 0.6, 0.
         if abs(w - 1 / n_members) < 1e-9:
             continue
         rest = (1 - w) / (n_members - 1)
-        grid.append([w] + [rest] * (n_members - 1))
+        grid.append([w] + [round(rest, 6)] * (n_members - 1))
     return grid
 
 
@@ -290,10 +290,13 @@ def run_selection(
         if tune_weights and len(chosen) > 1:
             tune_items, held_items = items[0::2], items[1::2]
             trials = []
-            for kk, w in itertools.product(sorted({k, 5, 10}), weight_grid(len(chosen))):
+            # The default (k as given, equal weights) comes first, so it wins any tie: a tuned
+            # setting has to beat it on the tuning items to be chosen.
+            ks = [k, *sorted({5, 10} - {k})]
+            for kk, w in itertools.product(ks, weight_grid(len(chosen))):
                 s = evaluate(ens(chosen, k=kk, weights=w), tune_items)
                 trials.append({"k": kk, "weights": w, "accuracy": s["accuracy"], "n": s["n"]})
-            # Best on the tuning half; ties go to the earlier (simpler) setting: equal weights, smaller k.
+            # Best on the tuning half; ties go to the earlier setting (max keeps the first).
             best = max(trials, key=lambda r: r["accuracy"])
             equal = evaluate(ens(chosen), held_items)
             tuned = evaluate(ens(chosen, k=best["k"], weights=best["weights"]), held_items)
