@@ -95,3 +95,20 @@ def test_task_errors_name_the_problem(tmp_path: Path) -> None:
         Task.load(str(bad)).items()
     with pytest.raises(InvalidConfigError, match="no setting 'huge'"):
         Task.load("gsm8k", setting="huge")
+
+
+def test_ensemble_compared_with_the_best_single_member_on_the_same_items() -> None:
+    from types import SimpleNamespace
+
+    from unite_llm.eval import _compare_with_best_single
+
+    verdicts = {"a": [1, 1, 0, 0], "b": [1, 1, 1, 0], "unite(a+b)": [1, 1, 1, 1]}
+    entry = {"systems": {k: summarize(_rows(v)) for k, v in verdicts.items()}}
+    systems = [SimpleNamespace(label="a", method="single"), SimpleNamespace(label="b", method="single")]
+    systems.append(SimpleNamespace(label="unite(a+b)", method="unite"))
+    _compare_with_best_single(entry, systems, {k: [bool(x) for x in v] for k, v in verdicts.items()})
+    d = entry["systems"]["unite(a+b)"]["vs_best_single"]
+    assert d["best"] == "b" and d["delta"] == 25.0 and d["ci95"][0] >= 0.0
+    assert "vs_best_single" not in entry["systems"]["a"]
+    summary = {"systems": [{"label": s.label, "method": s.method} for s in systems], "tasks": {"piqa": {"n": 4, **entry}}}
+    assert "| PIQA | unite(a+b) | b | +25.0 |" in markdown_table(summary)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidConfigError
+from .eval.scoring import paired_difference
 
 
 @dataclass
@@ -341,23 +342,6 @@ def run_selection(
     return SelectionReport(t.name, split_used, selection, config, verify_rows, tuning)
 
 
-def paired_difference(a: Sequence[bool], b: Sequence[bool], *, n_boot: int = 10000, seed: int = 0) -> tuple[float, list[float]]:
-    """Accuracy of ``a`` minus ``b`` on the same items, in points, with a 95 % paired bootstrap interval.
-
-    Pairing matters: two systems answering the same items are correlated, so the interval
-    of the difference is much narrower than the two separate intervals suggest.
-    """
-    import numpy as np
-
-    x = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if len(x) == 0:
-        return 0.0, [0.0, 0.0]
-    idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
-    means = x[idx].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return round(100 * float(x.mean()), 2), [round(100 * float(lo), 2), round(100 * float(hi), 2)]
-
-
 def _brief(c: CandidateScore) -> dict[str, Any]:
     return {"n": c.n, "accuracy": c.score, "ci95": list(c.ci95), "mean_tokens": c.mean_tokens, "mean_chars": c.mean_chars}
 
@@ -366,4 +350,13 @@ def _brief_summary(s: dict[str, Any]) -> dict[str, Any]:
     return {k: s[k] for k in ("n", "accuracy", "ci95", "mean_tokens", "mean_chars")}
 
 
-__all__ = ["CandidateScore", "Decision", "Selection", "SelectionReport", "run_selection", "select_members", "weight_grid"]
+__all__ = [
+    "CandidateScore",
+    "Decision",
+    "Selection",
+    "SelectionReport",
+    "paired_difference",
+    "run_selection",
+    "select_members",
+    "weight_grid",
+]

@@ -22,7 +22,7 @@ from typing import Any
 from ..members import Member, load_member
 from .report import write_reports
 from .runner import SINGLE, System, build_systems, read_results, run_task, summarize
-from .scoring import wilson_interval
+from .scoring import paired_difference, wilson_interval
 from .tasks import PAPER_TASKS, RESULT_TASKS, Item, Task
 
 
@@ -85,9 +85,12 @@ def evaluate_systems(
                 "metric": task.spec.metric,
                 "systems": {},
             }
+            verdicts: dict[str, list[bool]] = {}
             for system in systems:
                 results = run_task(task, system, items, out, progress=bar, overwrite=overwrite, max_new_tokens=max_new_tokens)
                 entry["systems"][system.label] = summarize(results, by_group=task.spec.group_by is not None)
+                verdicts[system.label] = [bool(r["correct"]) for r in results]
+            _compare_with_best_single(entry, systems, verdicts)
             summary["tasks"][task.name] = entry
     finally:
         if bar is not None:
@@ -95,6 +98,18 @@ def evaluate_systems(
     if reports:
         write_reports(summary, out)
     return summary
+
+
+def _compare_with_best_single(entry: dict[str, Any], systems: Sequence[System], verdicts: dict[str, list[bool]]) -> None:
+    """Each ensemble's difference from the best single member on the same items (paired bootstrap CI)."""
+    singles = [s.label for s in systems if s.method == SINGLE]
+    if not singles:
+        return
+    best = max(singles, key=lambda label: entry["systems"][label]["accuracy"])  # first listed wins a tie
+    for s in systems:
+        if s.method != SINGLE:
+            delta, ci = paired_difference(verdicts[s.label], verdicts[best])
+            entry["systems"][s.label]["vs_best_single"] = {"best": best, "delta": delta, "ci95": ci}
 
 
 def evaluate(

@@ -74,6 +74,18 @@ def markdown_table(summary: dict[str, Any]) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {avg} |")
     lines.append("| N (items) | " + " | ".join(str(summary["tasks"][t]["n"]) for t in tasks) + " | |")
     out = ["Accuracy (%); for an ensemble, (difference from the best single member on that task, in points).", "", *lines]
+    paired = [
+        (t, s["label"], summary["tasks"][t]["systems"][s["label"]]["vs_best_single"])
+        for t in tasks
+        for s in systems
+        if "vs_best_single" in summary["tasks"][t]["systems"].get(s["label"], {})
+    ]
+    if paired:
+        out += ["", "Ensemble minus the best single member on the same items (95 % paired bootstrap interval):", ""]
+        out += ["| task | system | best single | difference (points) | 95 % CI |", "|---|---|---|---|---|"]
+        for t, label, d in paired:
+            lo, hi = d["ci95"]
+            out.append(f"| {PRETTY.get(t, t)} | {label} | {d['best']} | {d['delta']:+.1f} | [{lo:+.1f}, {hi:+.1f}] |")
     out += ["", "95 % Wilson intervals, mean generated tokens and seconds per item:", ""]
     out.append("| task | system | N | acc | 95 % CI | tokens | chars | s/item | union |")
     out.append("|---|---|---|---|---|---|---|---|---|")

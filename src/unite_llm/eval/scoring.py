@@ -19,6 +19,8 @@ import string
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from ..errors import InvalidConfigError
 
 # -- numbers -----------------------------------------------------------------------------
@@ -179,3 +181,18 @@ def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, f
     centre = (p + z * z / (2 * n)) / denom
     half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def paired_difference(a: Sequence[bool], b: Sequence[bool], *, n_boot: int = 10000, seed: int = 0) -> tuple[float, list[float]]:
+    """Accuracy of ``a`` minus ``b`` on the same items, in points, with a 95 % paired bootstrap interval.
+
+    Pairing matters: two systems answering the same items are correlated, so the interval
+    of the difference is much narrower than the two separate intervals suggest.
+    """
+    x = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if len(x) == 0:
+        return 0.0, [0.0, 0.0]
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
+    means = x[idx].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return round(100 * float(x.mean()), 2), [round(100 * float(lo), 2), round(100 * float(hi), 2)]
