@@ -25,6 +25,7 @@ Loader = Callable[..., Member]
 BUILTIN_LOADERS: dict[str, str] = {
     "gguf": "unite_llm.members.llama_cpp:LlamaCppMember",
     "hf": "unite_llm.members.transformers:TransformersMember",
+    "styled": "unite_llm.members.styled:StyledMember",
 }
 
 
