@@ -23,6 +23,8 @@ Loader = Callable[..., Member]
 # prefix -> "module:attribute"; imported lazily so torch/ray load only when used.
 BUILTIN_LOADERS: dict[str, str] = {
     "gguf": "unite_llm.members.llama_cpp:LlamaCppMember",
+    "ray": "unite_llm.members.ray_member:RayMember",
+    "openai": "unite_llm.members.openai:OpenAIMember",
 }
 
 
