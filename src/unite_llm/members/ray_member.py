@@ -59,16 +59,40 @@ def connect(address: str | None = None) -> None:
         if address:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         else:
-            ray.init(
-                address="local",
-                num_cpus=max(2, os.cpu_count() or 1),
-                include_dashboard=False,
-                _node_ip_address="127.0.0.1",
-                object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-                logging_level=logging.WARNING,
-            )
+            _init_loopback_cluster()
     except (ConnectionError, ValueError, RuntimeError) as err:
         raise InvalidConfigError(f"cannot reach a Ray cluster at {address or 'a new local cluster'}: {err}") from None
+
+
+def _init_loopback_cluster() -> None:
+    """A one-machine cluster whose every service listens on 127.0.0.1.
+
+    Ray swaps a ``127.0.0.1`` node address for the machine's routable IP unless it runs
+    in its single-machine mode (the default on macOS/Windows), which its
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` switch selects; the switch is read when the
+    node starts, so it is set for this call only (the services it spawns inherit it).
+    """
+    import ray
+    from ray._private import ray_constants
+
+    saved = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(
+            address="local",
+            num_cpus=max(2, os.cpu_count() or 1),
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+            logging_level=logging.WARNING,
+        )
+    finally:
+        if saved[0] is None:
+            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
+        else:
+            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved[0]
+        ray_constants.ENABLE_RAY_CLUSTER = saved[1]
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
