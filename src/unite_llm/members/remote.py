@@ -57,6 +57,8 @@ class RemoteLogits:
     fetch: Fetch
     fetch_full: Callable[[], np.ndarray] | None
     is_current: Callable[[], bool]
+    rank: Callable[[ByteVocab, int, bool], list[int]] | None = None
+    """Ranks ``known`` locally when the member cannot compute a top-k list itself."""
     approximated: list[str] = field(default_factory=list)
     """Texts of candidates whose score is a bound, not the member's number (shown in
     the step record); empty for members that can answer exactly."""
@@ -73,7 +75,10 @@ class RemoteLogits:
         key = (k, ignore_eos)
         if key not in self.tops:
             if self.fetch_top is None:
-                raise RuntimeError("this remote member computed no top-k list for these settings")
+                if self.rank is None:
+                    raise RuntimeError("this remote member computed no top-k list for these settings")
+                self.tops[key] = self.rank(vocab, k, ignore_eos)
+                return self.tops[key]
             ids, values = self.fetch_top(k, ignore_eos)
             self.tops[key] = list(ids)
             self.known.update(zip(ids, values))

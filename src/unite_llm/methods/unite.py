@@ -91,7 +91,9 @@ def member_ids(member: MemberScores, cand: Candidate, in_top: bool, ignore_eos: 
     return (sub,), "subtoken"
 
 
-def member_log_scores(member: MemberScores, cands: Sequence[Candidate], own: set[Candidate], ignore_eos: bool) -> list[tuple[float, str]]:
+def member_log_scores(
+    member: MemberScores, cands: Sequence[Candidate], own: set[Candidate], ignore_eos: bool
+) -> list[tuple[float, str]]:
     """One member's (unnormalised) log-probability of each candidate, and the rule used."""
     wanted = [member_ids(member, c, c in own, ignore_eos) for c in cands]
     flat = [t for ids, _ in wanted for t in ids]
