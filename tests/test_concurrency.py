@@ -95,3 +95,37 @@ def test_load_splits_the_cores_between_in_process_members():
         ens.generate("Hi", max_new_tokens=2)
         assert ens._pool is not None
     assert ens._pool is None  # close() shut the pool down
+
+
+def test_cli_parallel_and_sequential_flags_agree():
+    import json
+
+    from typer.testing import CliRunner
+
+    from unite_llm.cli import app
+
+    runner = CliRunner()
+    outs = []
+    for flag in ("--parallel", "--sequential"):
+        res = runner.invoke(app, ["generate", flag, "--json", "-n", "4", "--n-ctx", "512", "The capital of France is"])
+        assert res.exit_code == 0, res.output
+        outs.append(json.loads(res.stdout))
+    assert outs[0]["text"] == outs[1]["text"] and len(outs[0]["steps"]) == 4
+    assert all(s["approximated"] == [] for s in outs[0]["steps"])
+
+
+def test_config_file_carries_parallel_and_ray_address(tmp_path):
+    from unite_llm.config import EnsembleConfig
+
+    path = EnsembleConfig(members=["smollm2-135m-instruct"], parallel=False, ray_address="auto").write(tmp_path / "e.json")
+    kwargs = EnsembleConfig.read(path).ensemble_kwargs()
+    assert kwargs["parallel"] is False and kwargs["ray_address"] == "auto"
+
+
+def test_unreachable_ray_address_fails_fast():
+    from unite_llm.errors import InvalidConfigError
+    from unite_llm.members.ray_member import _check_reachable
+
+    pytest.importorskip("ray")
+    with pytest.raises(InvalidConfigError, match="cannot reach a Ray cluster"):
+        _check_reachable("127.0.0.1:1", timeout_s=2)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -55,6 +56,7 @@ def connect(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
+    _check_reachable(address)
     try:
         if address:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
@@ -62,6 +64,20 @@ def connect(address: str | None = None) -> None:
             _init_loopback_cluster()
     except (ConnectionError, ValueError, RuntimeError) as err:
         raise InvalidConfigError(f"cannot reach a Ray cluster at {address or 'a new local cluster'}: {err}") from None
+
+
+def _check_reachable(address: str | None, timeout_s: float = 10.0) -> None:
+    """Fail in seconds on a ``host:port`` nobody listens on (Ray itself retries for minutes)."""
+    if not address or address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise InvalidConfigError(f"cannot reach a Ray cluster at {address}: {err}") from None
 
 
 def _init_loopback_cluster() -> None:
