@@ -121,3 +121,9 @@ def test_unknown_model_in_an_actor_is_a_user_error(ray_cluster):
 def test_unplaceable_actor_times_out_with_a_clear_error(ray_cluster):
     with pytest.raises(InvalidConfigError, match="could not place"):
         RayMember("smollm2-135m-instruct?num_gpus=4", placement_timeout_s=3)
+
+
+def test_primary_mode_through_ray_matches(ray_pair, smol, gemma):
+    local = Ensemble([smol, gemma], primary="gemma3-270m", parallel=False).generate(PROMPT, max_new_tokens=10)
+    remote = Ensemble(ray_pair.members, primary="gemma3-270m", parallel=False).generate(PROMPT, max_new_tokens=10)
+    assert remote.text == local.text
