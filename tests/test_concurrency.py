@@ -126,6 +126,5 @@ def test_unreachable_ray_address_fails_fast():
     from unite_llm.errors import InvalidConfigError
     from unite_llm.members.ray_member import _check_reachable
 
-    pytest.importorskip("ray")
     with pytest.raises(InvalidConfigError, match="cannot reach a Ray cluster"):
         _check_reachable("127.0.0.1:1", timeout_s=2)

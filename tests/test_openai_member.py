@@ -11,15 +11,14 @@ import subprocess
 import sys
 import time
 
+import httpx  # the `distributed` extra, which `make test` installs
+import llama_cpp.server.app  # noqa: F401  (fail, do not skip, without the server extra)
 import pytest
 
 from unite_llm.engine import Ensemble
 from unite_llm.errors import InvalidConfigError, ModelNotFoundError
 from unite_llm.members import load_member
 from unite_llm.models import smollm2_135m_instruct
-
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("llama_cpp.server.app")  # the `distributed` extra that `make test` installs
 
 PROMPT = "The capital of France is"
 ALIAS = "smol-served"

@@ -7,12 +7,11 @@ while only small messages cross the wire.
 from __future__ import annotations
 
 import pytest
+import ray  # the `distributed` extra, which `make test` installs
 
 from unite_llm.engine import Ensemble
 from unite_llm.errors import InvalidConfigError, ModelNotFoundError
 from unite_llm.members.ray_member import RayMember, parse_spec
-
-ray = pytest.importorskip("ray")  # part of the `distributed` extra that `make test` installs
 
 PROMPT = "The capital of France is"
 
