@@ -64,7 +64,8 @@ def server(tmp_path_factory):
 
 
 def _remote(server: str, **options):
-    return load_member(f"openai:{server}#{ALIAS}", tokenizer="smollm2-135m-instruct", name="smollm2-135m-instruct", **options)
+    # The tokenizer on the spec, the rest as keyword options: both routes are used.
+    return load_member(f"openai:{server}#{ALIAS}?tokenizer=smollm2-135m-instruct", name="smollm2-135m-instruct", **options)
 
 
 def _compare(local, remote) -> int:
@@ -136,5 +137,7 @@ def test_bad_remote_specs_are_user_errors(server):
         load_member("openai:localhost", tokenizer="smollm2-135m-instruct")
     with pytest.raises(ModelNotFoundError, match="does not serve"):
         load_member(f"openai:{server}#other-model", tokenizer="smollm2-135m-instruct")
+    with pytest.raises(InvalidConfigError, match="unknown openai member option"):
+        load_member(f"openai:{server}#{ALIAS}?tokenizer=smollm2-135m-instruct&colour=blue")
     with pytest.raises(ModelNotFoundError, match="cannot reach"):
         load_member(f"openai:http://127.0.0.1:{_free_port()}/v1#x", tokenizer="smollm2-135m-instruct")

@@ -24,7 +24,7 @@ Loader = Callable[..., Member]
 BUILTIN_LOADERS: dict[str, str] = {
     "gguf": "unite_llm.members.llama_cpp:LlamaCppMember",
     "ray": "unite_llm.members.ray_member:RayMember",
-    "openai": "unite_llm.members.openai:OpenAIMember",
+    "openai": "unite_llm.members.openai:load",
 }
 
 

@@ -21,9 +21,10 @@ A union candidate outside the returned top-n needs a number too:
   record's ``approximated`` lists ``"member: candidate"`` for each.
 
 The tokenizer and byte vocabulary come from a local copy of the model's GGUF file
-(``tokenizer=<path or alias>``, read with llama.cpp's ``vocab_only``): the servers'
-``/tokenize``/``/detokenize`` endpoints turn ids into *text*, which loses the bytes of
-partial UTF-8 pieces and the identity of duplicate pieces that UniTE works on.
+(``tokenizer=<path or alias>``, an option or on the spec as ``...#model?tokenizer=...``;
+read with llama.cpp's ``vocab_only``): the servers' ``/tokenize``/``/detokenize``
+endpoints turn ids into *text*, which loses the bytes of partial UTF-8 pieces and the
+identity of duplicate pieces that UniTE works on.
 
 Limits of llama-cpp-python's server, which keys ``top_logprobs`` by token *text*
 (vLLM can return ids with ``return_tokens_as_token_ids``, used when present): control
@@ -44,7 +45,7 @@ from ..errors import ContextLengthError, InvalidConfigError, ModelNotFoundError
 from ..methods.base import candidate_text
 from ..vocab import ByteVocab
 from .base import common_prefix
-from .remote import RemoteLogits, WireStats
+from .remote import RemoteLogits, WireStats, parse_spec
 
 _TOKEN_ID = re.compile(r"^token_id:(\d+)$")  # vLLM's return_tokens_as_token_ids
 
@@ -190,9 +191,12 @@ class OpenAIMember:
                     shared.add(tid)
             elif tid is None:
                 hidden = max(hidden, float(lp))
+        # The smallest number the server returned bounds every token outside its top-n.
+        floor = min(known.values(), default=float("-inf"))
         if self.exact == "logit_bias" and not lossy:
+            top1 = max(known.values(), default=float("-inf"))
             for tid in sorted(shared):  # ask for this id's own number
-                value = self._biased_logprob(prompt, tid)
+                value = self._biased_logprob(prompt, tid, top1)
                 if value is not None:
                     known[tid] = value
                     shared.discard(tid)
@@ -202,12 +206,11 @@ class OpenAIMember:
         self._last = context
         self._step += 1
         step = self._step
-        floor = min(known.values(), default=float("-inf"))
         approximated: list[str] = ["<prompt not UTF-8>"] if lossy else []
 
         def fetch(missing: list[int]) -> tuple[list[float], list[int]]:
             ask = self.exact == "logit_bias" and not lossy
-            exact = [self._biased_logprob(prompt, t) if ask and t not in self.vocab.eog_ids else None for t in missing]
+            exact = [self._biased_logprob(prompt, t, floor) if ask and t not in self.vocab.eog_ids else None for t in missing]
             return [floor if v is None else v for v in exact], [t for t, v in zip(missing, exact) if v is None]
 
         ranked = sorted(known, key=lambda t: -known[t])
@@ -233,13 +236,16 @@ class OpenAIMember:
             approximated=approximated,
         )
 
-    def _biased_logprob(self, prompt: str, tid: int) -> float | None:
+    def _biased_logprob(self, prompt: str, tid: int, ceiling: float) -> float | None:
         """log p(tid | prompt) through ``logit_bias``: bias ``tid`` by +100 so that greedy
         decoding emits it, and read the log-probability the server reports for the emitted
-        token (llama-cpp-python and vLLM report it from the unbiased logits).
+        token.  llama-cpp-python reports it from the unbiased logits (tested); a server
+        that reports the *biased* number is caught by ``ceiling``: the token cannot be
+        likelier than what the unbiased top-n already showed.
 
         None when the server emitted something else or nothing (an end-of-generation id
-        ends the completion before any logprob is reported): the caller then bounds it.
+        ends the completion before any logprob is reported), or a number above the
+        ceiling: the caller then bounds it.
         """
         choice = self._complete(prompt, logprobs=1, logit_bias={str(tid): 100.0})
         lp = choice.get("logprobs") or {}
@@ -248,7 +254,8 @@ class OpenAIMember:
             return None
         if self._ids_of_key(tokens[0]) != tid and tokens[0] != self.vocab.pieces[tid].decode("utf-8", errors="ignore"):
             return None
-        return float(values[0])
+        value = float(values[0])
+        return value if value <= ceiling + 1e-4 else None
 
     def close(self) -> None:
         self._http.close()
@@ -258,4 +265,17 @@ class OpenAIMember:
         return f"OpenAIMember({self.name!r}, {self.base_url}#{self.model})"
 
 
-__all__ = ["OpenAIMember"]
+def load(spec: str, **options: Any) -> OpenAIMember:
+    """The ``openai:`` loader: options may also be written on the spec, so that the CLI can
+    give each member its own (``openai:http://h:8000/v1#smol?tokenizer=smollm2-135m-instruct``)."""
+    import inspect
+
+    inner, query = parse_spec(spec)
+    known = inspect.signature(OpenAIMember).parameters
+    unknown = sorted(set(query) - set(known))
+    if unknown:
+        raise InvalidConfigError(f"unknown openai member option(s) {', '.join(unknown)} in {spec!r}")
+    return OpenAIMember(inner, **(options | query))
+
+
+__all__ = ["OpenAIMember", "load"]

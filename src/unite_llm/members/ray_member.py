@@ -33,7 +33,6 @@ import socket
 import time
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl
 
 import numpy as np
 
@@ -41,7 +40,7 @@ from ..errors import InvalidConfigError, UniteError
 from ..methods.unite import top_k_ids
 from ..vocab import ByteVocab
 from .base import common_prefix
-from .remote import RemoteLogits, WireStats
+from .remote import RemoteLogits, WireStats, parse_spec
 
 log = logging.getLogger("unite_llm.ray")
 
@@ -109,22 +108,6 @@ def _init_loopback_cluster() -> None:
         else:
             os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved[0]
         ray_constants.ENABLE_RAY_CLUSTER = saved[1]
-
-
-def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"gemma3-270m?num_gpus=1&n_ctx=2048"`` -> ``("gemma3-270m", {"num_gpus": 1, "n_ctx": 2048})``."""
-    inner, sep, query = spec.rpartition("?") if "?" in spec else (spec, "", "")
-    options: dict[str, Any] = {}
-    for key, raw in parse_qsl(query, keep_blank_values=True, strict_parsing=bool(sep)):
-        value: Any = raw
-        for cast in (int, float):
-            try:
-                value = cast(raw)
-                break
-            except ValueError:
-                pass
-        options[key] = value
-    return inner, options
 
 
 class MemberActor:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
 
 import numpy as np
 
@@ -105,3 +107,20 @@ class RemoteLogits:
             raise TypeError("this remote member cannot send its full logits")
         full = self.fetch_full()
         return full if dtype is None else full.astype(dtype)
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """Per-member options written on the spec, so that one ensemble can mix placements:
+    ``"gemma3-270m?num_gpus=1&n_ctx=2048"`` -> ``("gemma3-270m", {"num_gpus": 1, "n_ctx": 2048})``."""
+    inner, sep, query = spec.rpartition("?") if "?" in spec else (spec, "", "")
+    options: dict[str, Any] = {}
+    for key, raw in parse_qsl(query, keep_blank_values=True, strict_parsing=bool(sep)):
+        value: Any = raw
+        for cast in (int, float):
+            try:
+                value = cast(raw)
+                break
+            except ValueError:
+                pass
+        options[key] = value
+    return inner, options
