@@ -71,6 +71,9 @@ class Timing:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     steps: int = 0
+    members_s: float = 0.0
+    """Of ``decode_s``, the time spent inside the members (their forward passes); the
+    rest is the ensemble's own overhead (step method, choice, re-tokenization)."""
 
     @property
     def step_ms(self) -> float:
@@ -376,7 +379,9 @@ class Ensemble:
                 break
             if any(len(t.tokens) >= m.n_ctx for m, t in zip(self.members, tracks)):
                 break  # a member's context is full: finish as "length"
+            t_fwd = time.perf_counter()
             logits = self._forward([t.tokens for t in tracks])
+            timing.members_s += time.perf_counter() - t_fwd
         timing.decode_s = time.perf_counter() - t0
         result = GenerationOutput(
             text=output.decode("utf-8", errors="replace"),

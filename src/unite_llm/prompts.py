@@ -88,10 +88,10 @@ def start_track(member: Member, prompt: Prompt, *, chat: bool, reserve: int = 1)
     """The member's token track for ``prompt`` (see the module docstring)."""
     if chat:
         messages: Messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str | bytes) else prompt
-        messages = [
-            {**m, "content": as_utf8(m["content"], f"message {i}").decode()} if isinstance(m.get("content"), bytes) else m
-            for i, m in enumerate(messages)
-        ]
+        for i, m in enumerate(messages):
+            if not isinstance(m, Mapping) or "content" not in m:
+                raise InvalidInputError(f"message {i} needs 'role' and 'content'")
+        messages = [{**m, "content": as_utf8(m["content"], f"message {i}").decode()} for i, m in enumerate(messages)]
         text = as_utf8(render_chat(member, messages))
     elif isinstance(prompt, str | bytes):
         text = as_utf8(prompt)

@@ -105,7 +105,8 @@ class LlamaCppMember:
             logits_all=False,
             verbose=False,
         )
-        self.n_ctx = self.llm.n_ctx()
+        # llama.cpp may round the context up; llama-cpp-python's buffers keep the size asked for.
+        self.n_ctx = min(n_ctx, self.llm.n_ctx())
         self.vocab = byte_vocab(self.llm)
         n_vocab = len(self.vocab)
         meta = self.llm.metadata
@@ -136,7 +137,13 @@ class LlamaCppMember:
         keep = min(keep, len(context) - 1)  # always evaluate >= 1 token for fresh logits
         self.llm.n_tokens = keep
         todo = list(context[keep:])
-        self.llm.eval(todo)
+        # The last token is always evaluated on its own.  llama.cpp's batched and
+        # single-token matmuls round differently, so logits taken from the end of a
+        # batch would depend on what was cached before; this way the same context gives
+        # the same logits whatever the history, and a seed reproduces a sample.
+        if len(todo) > 1:
+            self.llm.eval(todo[:-1])
+        self.llm.eval(todo[-1:])
         self.n_evaluated += len(todo)
         self._context = list(context)
         ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)

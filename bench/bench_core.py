@@ -1,0 +1,120 @@
+"""Core benchmark (issue 2): the UniTE step's cost against the members' own decoding.
+
+Measured in one run on the default pair, so that ratios compare like with like:
+
+* raw llama-cpp-python decode time per token of each member alone (greedy, its own
+  tokens, no ensembling): the floor the ensemble is compared with;
+* the ensemble's decode step time, and the ratio ensemble step / sum of raw step times;
+* ensemble step time around output position 20 versus position 400 (the tail window
+  keeps re-tokenization O(1), so the step should not grow with length);
+* the mean union size.
+
+Usage: python bench/bench_core.py [--out bench/results/core.json] [--tokens 420] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+from unite_llm import Ensemble
+from unite_llm.members.llama_cpp import LlamaCppMember
+from unite_llm.models import DEFAULT_ENSEMBLE
+
+PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle.\n\nOnce upon a time,"
+
+
+def raw_decode_ms(member: LlamaCppMember, prompt: str, n: int) -> list[float]:
+    """Per-token times of plain llama-cpp-python greedy decoding (eval + argmax)."""
+    llm = member.llm
+    llm.reset()
+    member._context = []
+    tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+    llm.eval(tokens)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+        tok = int(np.argmax(logits))
+        llm.eval([tok])
+        times.append((time.perf_counter() - t0) * 1000)
+    llm.reset()
+    member._context = []
+    return times
+
+
+def ensemble_step_ms(ens: Ensemble, prompt: str, n: int) -> tuple[list[float], list[int]]:
+    """Per-step wall times of the ensemble (step, choice, append, members' evaluation)."""
+    times, unions = [], []
+    t_prev = time.perf_counter()
+    for chunk in ens.stream(prompt, max_new_tokens=n, ignore_eos=True):
+        now = time.perf_counter()
+        if chunk.step is not None and chunk.output is None:
+            times.append((now - t_prev) * 1000)
+            unions.append(chunk.step.union_size)
+        t_prev = now
+    return times, unions
+
+
+def window(times: list[float], centre: int, half: int = 10) -> float:
+    return statistics.median(times[max(0, centre - half) : centre + half])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="bench/results/core.json")
+    ap.add_argument("--tokens", type=int, default=420)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+
+    members = [LlamaCppMember(spec, n_ctx=2048, n_threads=args.threads) for spec in DEFAULT_ENSEMBLE]
+    ens = Ensemble(members)
+    raw: dict[str, list[float]] = {m.name: [] for m in members}
+    steps: list[list[float]] = []
+    unions: list[int] = []
+    for rep in range(args.repeats):  # interleaved, so that machine noise hits all alike
+        for m in members:
+            raw[m.name].extend(raw_decode_ms(m, PROMPT, args.tokens))
+        t, u = ensemble_step_ms(ens, PROMPT, args.tokens)
+        steps.append(t)
+        unions.extend(u)
+        print(f"repeat {rep + 1}/{args.repeats}: ensemble median {statistics.median(t):.2f} ms/step", flush=True)
+
+    raw_ms = {name: statistics.median(v) for name, v in raw.items()}
+    step_all = [x for t in steps for x in t]
+    step_ms = statistics.median(step_all)
+    at20 = statistics.median([window(t, 20) for t in steps])
+    at400 = statistics.median([window(t, min(400, len(t) - 10)) for t in steps])
+    result = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "llama_cpp_python": llama_cpp.__version__},
+        "members": [m.name for m in members],
+        "tokens_per_run": args.tokens,
+        "repeats": args.repeats,
+        "raw_member_ms_per_token": raw_ms,
+        "raw_member_tok_per_s": {k: 1000 / v for k, v in raw_ms.items()},
+        "ensemble_ms_per_step": step_ms,
+        "ratio_ensemble_over_sum_of_raw": step_ms / sum(raw_ms.values()),
+        "step_ms_at_position_20": at20,
+        "step_ms_at_position_400": at400,
+        "ratio_400_over_20": at400 / at20,
+        "mean_union_size": float(np.mean(unions)),
+        "max_union_size": int(np.max(unions)),
+        "targets": {"ratio_ensemble_over_sum_of_raw": "<= 1.10", "ratio_400_over_20": "<= 1.3", "mean_union_size": "< 2000"},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    ens.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""``python -m unite_llm.cli`` is the ``unite`` command."""
+
+from . import main
+
+main()
