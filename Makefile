@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,hf,eval]' -c constraints.txt
+	$(BIN)/python -m pip install -q -e '.[test,hf,eval,distributed]' -c constraints.txt
 	rm -f $(VENV)/.installed-*; touch $@
 
 run: $(STAMP)

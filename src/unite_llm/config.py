@@ -27,6 +27,8 @@ class EnsembleConfig(BaseModel):
     primary: str | None = None
     member_options: dict[str, Any] = Field(default_factory=dict, description="keyword options for every member")
     chat: bool = False
+    parallel: bool | None = Field(None, description="step members in threads (default: when there are several)")
+    ray_address: str | None = Field(None, description="Ray cluster for ray: members (default: a local one)")
     generation: dict[str, Any] = Field(default_factory=dict, description="GenerationConfig defaults")
     notes: dict[str, Any] = Field(default_factory=dict, description="free-form provenance (e.g. selection table)")
 
@@ -44,6 +46,8 @@ class EnsembleConfig(BaseModel):
             "k": self.k,
             "method": self.method,
             "primary": self.primary,
+            "parallel": self.parallel,
+            "ray_address": self.ray_address,
             **self.member_options,
         }
 

@@ -17,8 +17,10 @@ behind each number), enough to explain any decision the ensemble made.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, overload
@@ -26,7 +28,7 @@ from typing import Any, overload
 import numpy as np
 
 from .errors import InvalidConfigError
-from .members import Member, forward_rows, load_member, supports_batch
+from .members import Member, forward_rows, load_member, split_spec, supports_batch
 from .methods import make_method
 from .methods.base import END, MemberScores, StepDistribution, StepMethod, candidate_text
 from .models import DEFAULT_ENSEMBLE
@@ -52,6 +54,9 @@ class StepRecord:
     """Each member's renormalised probability of the choice."""
     union: list[dict[str, Any]] = field(default_factory=list)
     """Every candidate: text, ensemble prob, each member's prob and the rule used."""
+    approximated: list[str] = field(default_factory=list)
+    """``"member: candidate"`` for each probability a remote member could only bound
+    (see :mod:`unite_llm.members.openai`); empty when every number is exact."""
 
     def to_dict(self, *, full: bool = False) -> dict[str, Any]:
         d = asdict(self)
@@ -142,6 +147,7 @@ class Ensemble:
         method: str | StepMethod = "unite",
         primary: str | int | None = None,
         load_s: float = 0.0,
+        parallel: bool | None = None,
     ) -> None:
         if not members:
             raise InvalidConfigError("an ensemble needs at least one member")
@@ -157,6 +163,10 @@ class Ensemble:
             primary = 0
         self.primary = self._index(primary) if primary is not None else None
         self.load_s = load_s
+        # Members step in threads (llama.cpp, torch and Ray's ray.get release the GIL);
+        # default on whenever there is more than one member to overlap.
+        self.parallel = len(self.members) > 1 if parallel is None else bool(parallel)
+        self._pool: ThreadPoolExecutor | None = None
         self._subtoken_cache: list[dict[bytes, int | None]] = [{} for _ in members]
 
     @classmethod
@@ -168,20 +178,39 @@ class Ensemble:
         k: int = 10,
         method: str = "unite",
         primary: str | int | None = None,
+        parallel: bool | None = None,
+        ray_address: str | None = None,
         **member_options: Any,
     ) -> Ensemble:
-        """Load members from spec strings (``.gguf`` paths, aliases, ``prefix:...``)."""
+        """Load members from spec strings (``.gguf`` paths, aliases, ``prefix:...``).
+
+        ``parallel`` steps members in threads (default: when there are several);
+        in-process llama.cpp members then split the CPU cores between them unless
+        ``n_threads`` is given.  ``ray_address`` joins that Ray cluster for ``ray:``
+        members (default: a local one, started on first use).
+        """
         make_method(method, k=k)  # validate settings before the slow part
+        if ray_address is not None:
+            from .members.ray_member import connect
+
+            connect(ray_address)
+        parallel = len(specs) > 1 if parallel is None else parallel
+        local = [s for s in specs if split_spec(s)[0] == "gguf"]
+        split: dict[str, Any] = {}
+        if parallel and len(local) > 1 and member_options.get("n_threads") is None:
+            split = {"n_threads": max(1, (os.cpu_count() or 1) // len(local))}  # one core budget each
         t0 = time.perf_counter()
         members: list[Member] = []
         try:
             for spec in specs:
-                members.append(load_member(spec, **member_options))
+                members.append(load_member(spec, **member_options, **(split if spec in local else {})))
         except BaseException:
             for m in members:
                 m.close()
             raise
-        return cls(members, weights=weights, k=k, method=method, primary=primary, load_s=time.perf_counter() - t0)
+        return cls(
+            members, weights=weights, k=k, method=method, primary=primary, load_s=time.perf_counter() - t0, parallel=parallel
+        )
 
     @classmethod
     def from_config(cls, path: str | Path, **overrides: Any) -> Ensemble:
@@ -206,6 +235,9 @@ class Ensemble:
         return self.names.index(ref)
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         for m in self.members:
             m.close()
 
@@ -276,10 +308,21 @@ class Ensemble:
 
         Batched (``rows`` names the active rows): each entry is a list of contexts, one
         per row, and each member returns ``[len(rows), vocab]`` scores in one pass.
+        With ``parallel`` the members run in the ensemble's threads and the step waits for
+        all of them.  Each member is called once per forward, so a result that is a view
+        into that member's buffer stays valid until its next call, as in the sequential case.
         """
-        if rows is not None:
-            return [forward_rows(m, ctx, rows) for m, ctx in zip(self.members, contexts)]
-        return [m.next_logits(ctx) for m, ctx in zip(self.members, contexts)]
+
+        def run(member: Member, ctx: Any) -> Any:
+            return forward_rows(member, ctx, rows) if rows is not None else member.next_logits(ctx)
+
+        if not self.parallel:
+            return [run(m, ctx) for m, ctx in zip(self.members, contexts)]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=len(self.members), thread_name_prefix="unite-member")
+        futures = [self._pool.submit(run, m, ctx) for m, ctx in zip(self.members, contexts)]
+        wait(futures)  # all finish before an error is raised: no member is left mid-step
+        return [f.result() for f in futures]
 
     def _first_subtoken(self, i: int, candidate: bytes) -> int | None:
         cache = self._subtoken_cache[i]
@@ -356,6 +399,7 @@ class Ensemble:
             dist = self.method(views, self.weights, ignore_eos=config.ignore_eos)
             choice = choose(dist.probs, config, rng)
             record = self._record(index, dist, choice)
+            record.approximated = [f"{n}: {t}" for n, lg in zip(self.names, logits) for t in getattr(lg, "approximated", ())]
             steps.append(record)
             timing.steps += 1
             log.debug(

@@ -68,6 +68,8 @@ def build_ensemble(
     primary: str | None = None,
     n_ctx: int | None = None,
     threads: int | None = None,
+    parallel: bool | None = None,
+    ray_address: str | None = None,
 ) -> Any:
     """The ensemble named by ``-m`` flags or ``--config`` (flags win), else the default pair."""
     from ..config import EnsembleConfig
@@ -87,6 +89,8 @@ def build_ensemble(
         "primary": primary,
         "n_ctx": n_ctx,
         "n_threads": threads,
+        "parallel": parallel,
+        "ray_address": ray_address,
     }
     kwargs.update({key: v for key, v in overrides.items() if v is not None})
     from ..methods import make_method

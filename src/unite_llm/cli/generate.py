@@ -47,6 +47,12 @@ def generate(
     explain: Annotated[bool, typer.Option(help="With --json: every step's full union and each member's probabilities.")] = False,
     n_ctx: Annotated[Optional[int], typer.Option("--n-ctx", help="Context window per member.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads per member.")] = None,
+    parallel: Annotated[
+        Optional[bool], typer.Option("--parallel/--sequential", help="Step members in threads (default: when several).")
+    ] = None,
+    ray_address: Annotated[
+        Optional[str], typer.Option("--ray-address", help="Ray cluster for ray: members (default: start a local one).")
+    ] = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log every step to stderr.")] = False,
 ) -> None:
     """Generate text with an ensemble (default: SmolLM2-135M + Gemma-3-270M)."""
@@ -62,7 +68,18 @@ def generate(
         stop=tuple(stop or ()),
         ignore_eos=ignore_eos,
     )
-    ens, cfg = build_ensemble(model, config, k=k, weights=weights, method=method, primary=primary, n_ctx=n_ctx, threads=threads)
+    ens, cfg = build_ensemble(
+        model,
+        config,
+        k=k,
+        weights=weights,
+        method=method,
+        primary=primary,
+        n_ctx=n_ctx,
+        threads=threads,
+        parallel=parallel,
+        ray_address=ray_address,
+    )
     chat = chat or cfg.chat
     if system and not chat:
         raise InvalidInputError("--system needs --chat")

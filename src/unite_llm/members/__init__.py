@@ -26,6 +26,8 @@ BUILTIN_LOADERS: dict[str, str] = {
     "gguf": "unite_llm.members.llama_cpp:LlamaCppMember",
     "hf": "unite_llm.members.transformers:TransformersMember",
     "styled": "unite_llm.members.styled:StyledMember",
+    "ray": "unite_llm.members.ray_member:RayMember",
+    "openai": "unite_llm.members.openai:load",
 }
 
 

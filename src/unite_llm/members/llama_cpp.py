@@ -55,6 +55,21 @@ def _piece(vocab_ptr: object, tid: int, buf: ctypes.Array) -> bytes:
     return buf.raw[:n]
 
 
+def byte_vocab(llm: object) -> ByteVocab:
+    """The :class:`ByteVocab` of a loaded ``llama_cpp.Llama`` (also a ``vocab_only`` one,
+    which is how a remote member gets its tokenizer from a local GGUF file)."""
+    import llama_cpp
+
+    vocab_ptr = llama_cpp.llama_model_get_vocab(llm.model)  # type: ignore[attr-defined]
+    n_vocab = llm.n_vocab()  # type: ignore[attr-defined]
+    buf = ctypes.create_string_buffer(256)
+    pieces = [_piece(vocab_ptr, tid, buf) for tid in range(n_vocab)]
+    # End-of-generation tokens are control tokens (no bytes); checking those is enough.
+    eog = {t for t, p in enumerate(pieces) if not p and llama_cpp.llama_vocab_is_eog(vocab_ptr, t)}
+    eog |= {t for t in (llm.token_eos(),) if 0 <= t < n_vocab}  # type: ignore[attr-defined]
+    return ByteVocab(pieces, frozenset(eog))
+
+
 class LlamaCppMember:
     """An ensemble member backed by ``llama_cpp.Llama``.
 
@@ -82,6 +97,8 @@ class LlamaCppMember:
             model_path=str(path),
             n_ctx=n_ctx,
             n_threads=n_threads or os.cpu_count() or 1,
+            # Multi-token suffixes use the batch thread count: keep it in the member's budget.
+            n_threads_batch=n_threads or os.cpu_count() or 1,
             n_batch=n_batch,
             n_gpu_layers=n_gpu_layers,
             seed=seed,
@@ -90,14 +107,8 @@ class LlamaCppMember:
         )
         # llama.cpp may round the context up; llama-cpp-python's buffers keep the size asked for.
         self.n_ctx = min(n_ctx, self.llm.n_ctx())
-        self._vocab_ptr = llama_cpp.llama_model_get_vocab(self.llm.model)
-        n_vocab = self.llm.n_vocab()
-        buf = ctypes.create_string_buffer(256)
-        pieces = [_piece(self._vocab_ptr, tid, buf) for tid in range(n_vocab)]
-        # End-of-generation tokens are control tokens (no bytes); checking those is enough.
-        eog = {t for t, p in enumerate(pieces) if not p and llama_cpp.llama_vocab_is_eog(self._vocab_ptr, t)}
-        eog |= {t for t in (self.llm.token_eos(),) if 0 <= t < n_vocab}
-        self.vocab = ByteVocab(pieces, frozenset(eog))
+        self.vocab = byte_vocab(self.llm)
+        n_vocab = len(self.vocab)
         meta = self.llm.metadata
         self.architecture = meta.get("general.architecture", "")
         self.chat_template: str | None = meta.get("tokenizer.chat_template") or builtin_chat_template(self.architecture)

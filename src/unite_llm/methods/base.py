@@ -53,6 +53,8 @@ class MemberScores:
 
     name: str
     logits: np.ndarray
+    """The full vector, or a remote member's small stand-in with ``top_k_ids`` and ``at``
+    (see :func:`logits_at`)."""
     vocab: ByteVocab
     first_subtoken: Callable[[bytes], int | None]
 
@@ -79,6 +81,18 @@ class StepMethod(Protocol):
     name: str
 
     def __call__(self, members: Sequence[MemberScores], weights: np.ndarray, *, ignore_eos: bool = False) -> StepDistribution: ...
+
+
+def logits_at(logits: object, ids: Sequence[int]) -> np.ndarray:
+    """The scores of ``ids`` (float64), in one lookup.
+
+    A local member's logits are an array.  A remote member's are an object with
+    ``at(ids)`` that fetches (or bounds) just those ids, so a step costs one small
+    request per member instead of a vocabulary-sized vector.
+    """
+    if isinstance(logits, np.ndarray):
+        return logits[np.asarray(ids, dtype=np.intp)].astype(np.float64)
+    return np.asarray(logits.at(ids), dtype=np.float64)  # type: ignore[attr-defined]
 
 
 def logsumexp(values: Sequence[float]) -> float:

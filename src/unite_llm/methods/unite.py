@@ -21,6 +21,12 @@ Two details the paper leaves open, decided here:
 
 Logits are used as they come: the softmax normaliser cancels in the renormalisation, so
 no pass over the full vocabulary is needed beyond the top-k selection.
+
+The step reads a member's logits through two operations only, ranking (:func:`top_k_ids`)
+and looking up ids (:func:`~unite_llm.methods.base.logits_at`, once per member per step).
+A member on another machine returns a small object with ``top_k_ids`` and ``at`` instead
+of the full vector, so only the top-k and the union's ids cross the wire
+(:mod:`unite_llm.members.ray_member`, :mod:`unite_llm.members.openai`).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..vocab import ByteVocab
-from .base import END, Candidate, MemberScores, StepDistribution, logsumexp, softmax
+from .base import END, Candidate, MemberScores, StepDistribution, logits_at, logsumexp, softmax
 
 _SPARE = 16  # extra ids fetched so that skipped control tokens rarely force a second pass
 
@@ -43,6 +49,8 @@ def top_k_ids(logits: np.ndarray, vocab: ByteVocab, k: int, *, ignore_eos: bool 
     and ``delta`` doubles until enough ids are in.  Ties keep the lower id first, as
     ``argmax`` does.
     """
+    if not isinstance(logits, np.ndarray):  # remote scores rank where the logits live
+        return logits.top_k_ids(vocab, k, ignore_eos=ignore_eos)
 
     def allowed(tid: int) -> bool:
         return vocab.emittable[tid] or (not ignore_eos and tid in vocab.eog_ids)
@@ -74,21 +82,40 @@ def union(top: Sequence[Sequence[Candidate]]) -> list[Candidate]:
     return list(seen)
 
 
-def member_log_score(member: MemberScores, cand: Candidate, in_top: bool, ignore_eos: bool) -> tuple[float, str]:
-    """One member's (unnormalised) log-probability of one candidate, and the rule used."""
-    logits, vocab = member.logits, member.vocab
+def member_ids(member: MemberScores, cand: Candidate, in_top: bool, ignore_eos: bool) -> tuple[tuple[int, ...], str]:
+    """The ids whose summed probability is the member's score of one candidate, and the rule."""
+    vocab = member.vocab
     if cand is END:
         if ignore_eos or not vocab.eog_ids:
-            return float("-inf"), "none"
-        return logsumexp([float(logits[i]) for i in vocab.eog_ids]), "end"
+            return (), "none"
+        return tuple(sorted(vocab.eog_ids)), "end"
     assert isinstance(cand, bytes)
     ids = vocab.ids_of(cand)
     if ids:
-        return logsumexp([float(logits[i]) for i in ids]), "topk" if in_top else "vocab"
+        return ids, "topk" if in_top else "vocab"
     sub = member.first_subtoken(cand)
     if sub is None:
-        return float("-inf"), "none"
-    return float(logits[sub]), "subtoken"
+        return (), "none"
+    return (sub,), "subtoken"
+
+
+def member_log_scores(
+    member: MemberScores, cands: Sequence[Candidate], own: set[Candidate], ignore_eos: bool
+) -> list[tuple[float, str]]:
+    """One member's (unnormalised) log-probability of each candidate, and the rule used."""
+    wanted = [member_ids(member, c, c in own, ignore_eos) for c in cands]
+    flat = [t for ids, _ in wanted for t in ids]
+    values = logits_at(member.logits, flat).tolist() if flat else []
+    out, pos = [], 0
+    for ids, rule in wanted:
+        out.append((logsumexp(values[pos : pos + len(ids)]), rule))
+        pos += len(ids)
+    return out
+
+
+def member_log_score(member: MemberScores, cand: Candidate, in_top: bool, ignore_eos: bool) -> tuple[float, str]:
+    """One member's (unnormalised) log-probability of one candidate, and the rule used."""
+    return member_log_scores(member, [cand], {cand} if in_top else set(), ignore_eos)[0]
 
 
 class UniTE:
@@ -105,8 +132,7 @@ class UniTE:
         scores = np.empty((len(members), len(cands)))
         rules: list[list[str]] = []
         for i, member in enumerate(members):
-            own = set(tops[i])
-            row = [member_log_score(member, c, c in own, ignore_eos) for c in cands]
+            row = member_log_scores(member, cands, set(tops[i]), ignore_eos)
             scores[i] = [s for s, _ in row]
             rules.append([r for _, r in row])
         member_probs = softmax(scores)
