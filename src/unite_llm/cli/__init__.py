@@ -4,6 +4,7 @@ itself on :data:`app`; importing them here is all it takes to add one."""
 from __future__ import annotations
 
 from . import generate as _generate  # noqa: F401  (registers `unite generate`, `unite models`)
+from . import serve as _serve  # noqa: F401  (registers `unite serve`)
 from ._app import app
 
 
