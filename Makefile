@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PROMPT ?= Explain in two sentences why an ensemble of language models can beat a single model.
 
-.PHONY: run test bench lint setup clean
+.PHONY: run test bench lint setup clean browser
 
 setup: $(STAMP)
 
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/unite generate --chat --max-new-tokens 96 "$(PROMPT)"
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest
 
@@ -29,6 +29,12 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+
+# The playground test drives Debian's chromium; install it when missing and we are root.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] || { echo "error: $(CHROMIUM) is missing: sudo apt-get install -y chromium" >&2; exit 1; }; \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
