@@ -3,8 +3,8 @@
 The server runs in a thread of the test process on a socket bound to port 0 (the OS
 picks a free port), so the tests can compare its answers with the same ensemble called
 directly.  The members are the session's ``smol`` / ``gemma`` fixtures; the test thread
-only calls the ensemble directly while the server is idle, so the two never interleave
-on one KV cache.
+calls the ensemble only through :meth:`LiveServer.generate`, which holds the scheduler's
+lock, so the test and the worker never run one llama.cpp context at the same time.
 """
 
 from __future__ import annotations
@@ -36,6 +36,11 @@ class LiveServer:
     @property
     def v1(self) -> str:
         return f"{self.url}/v1"
+
+    def generate(self, prompt, **kwargs):
+        """``Ensemble.generate`` from the test thread, never at the same time as the worker."""
+        with self.app.state.scheduler.lock:
+            return self.ensemble.generate(prompt, **kwargs)
 
     def health(self) -> dict:
         return httpx.get(f"{self.url}/health", timeout=10).json()
@@ -78,3 +83,13 @@ def server(smol, gemma) -> LiveServer:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(autouse=True)
+def _leave_server_idle(request):
+    """After a test that used the server, wait until its worker is idle again, so that a
+    failed test cannot leave a generation running into the next test (or into tests that
+    use the same members directly)."""
+    yield
+    if "server" in request.fixturenames:
+        request.getfixturevalue("server").wait_idle(timeout=120)

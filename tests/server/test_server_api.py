@@ -31,7 +31,7 @@ def test_health_and_models(server, client):
 
 
 def test_completion_matches_direct_ensemble(server, client):
-    want = server.ensemble.generate(PROMPT, max_new_tokens=8)
+    want = server.generate(PROMPT, max_new_tokens=8)
     got = client.completions.create(model=server.model, prompt=PROMPT, max_tokens=8, temperature=0, logprobs=3)
     choice = got.choices[0]
     assert choice.text == want.text and choice.text.strip()
@@ -91,7 +91,7 @@ def test_stream_include_usage_and_explain(server):
 
 
 def test_chat_plain_and_stream_match_direct(server, client):
-    want = server.ensemble.generate(MESSAGES, chat=True, max_new_tokens=12)
+    want = server.generate(MESSAGES, chat=True, max_new_tokens=12)
     got = client.chat.completions.create(model=server.model, messages=MESSAGES, max_tokens=12, temperature=0)
     assert got.choices[0].message.role == "assistant"
     assert got.choices[0].message.content == want.text
@@ -126,7 +126,7 @@ def test_chat_logprobs_and_unite(server, client):
 
 
 def test_stop_and_max_tokens(server, client):
-    want = server.ensemble.generate(PROMPT, max_new_tokens=20, stop=["."])
+    want = server.generate(PROMPT, max_new_tokens=20, stop=["."])
     got = client.completions.create(model=server.model, prompt=PROMPT, max_tokens=20, temperature=0, stop=".").choices[0]
     assert got.text == want.text and "." not in got.text
     assert got.finish_reason == "stop"
@@ -138,7 +138,7 @@ def test_seeded_sampling_is_reproducible(server, client):
     kw = {"model": server.model, "prompt": "Once upon a time", "max_tokens": 8, "temperature": 1.0, "top_p": 0.95}
     a = client.completions.create(seed=7, **kw).choices[0].text
     b = client.completions.create(seed=7, **kw).choices[0].text
-    want = server.ensemble.generate("Once upon a time", max_new_tokens=8, temperature=1.0, top_p=0.95, seed=7).text
+    want = server.generate("Once upon a time", max_new_tokens=8, temperature=1.0, top_p=0.95, seed=7).text
     assert a == b == want
 
 
@@ -147,7 +147,7 @@ def test_list_of_prompts(server, client):
     got = client.completions.create(model=server.model, prompt=prompts, max_tokens=4, temperature=0)
     assert [c.index for c in got.choices] == [0, 1]
     for p, c in zip(prompts, got.choices):
-        assert c.text == server.ensemble.generate(p, max_new_tokens=4).text
+        assert c.text == server.generate(p, max_new_tokens=4).text
     assert got.usage.completion_tokens == 8
 
 

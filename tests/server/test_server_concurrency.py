@@ -17,8 +17,23 @@ def body(server, prompt: str = "Tell me a story.", **over) -> dict:
     return {"model": server.model, "prompt": prompt} | LONG | over
 
 
+def wait_for(server, what: str, cond, timeout: float = 30.0) -> dict:
+    """Poll ``/health`` until ``cond(scheduler)`` holds; the message shows the last counters."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sched = server.health()["scheduler"]
+        if cond(sched):
+            return sched
+        assert time.monotonic() < deadline, f"{what}: not reached in {timeout}s, scheduler={sched}"
+        time.sleep(0.05)
+
+
 def first_text(lines) -> str:
-    """Read SSE lines until the first piece of text arrives."""
+    """Read SSE lines until the first piece of text arrives.
+
+    Keep ``lines`` referenced while the stream should stay open: dropping an httpx line
+    iterator closes its connection, which the server (rightly) treats as a disconnect.
+    """
     for line in lines:
         if line.startswith("data: ") and line != "data: [DONE]":
             text = json.loads(line[6:])["choices"][0]["text"]
@@ -34,7 +49,7 @@ def test_disconnect_mid_stream_frees_the_worker(server):
         lines = r.iter_lines()
         first_text(lines)
         first_text(lines)
-        assert server.health()["scheduler"]["running"] == 1
+        wait_for(server, "A runs", lambda s: s["running"] == 1)
     # 600 steps would take minutes; the worker must notice the disconnect within a step or two.
     t0 = time.monotonic()
     after = server.wait_idle(timeout=20)
@@ -50,15 +65,14 @@ def test_waiting_request_cancelled_before_it_starts(server):
     with ExitStack() as stack:
         a = stack.enter_context(httpx.Client(timeout=60)).stream("POST", f"{server.v1}/completions", json=body(server))
         ra = stack.enter_context(a)
-        first_text(ra.iter_lines())
+        lines_a = ra.iter_lines()
+        first_text(lines_a)
         with httpx.Client(timeout=60) as cb, cb.stream("POST", f"{server.v1}/completions", json=body(server, "Hi")) as rb:
             assert rb.status_code == 200
-            assert server.health()["scheduler"]["waiting"] == 1
-        deadline = time.monotonic() + 10
-        while server.health()["scheduler"]["waiting"] != 0:
-            assert time.monotonic() < deadline, "the abandoned request is still waiting"
-            time.sleep(0.05)
-        assert server.health()["scheduler"]["running"] == 1  # A is untouched
+            wait_for(server, "B waits behind A", lambda s: (s["running"], s["waiting"]) == (1, 1))
+        sched = wait_for(server, "abandoned B leaves the queue", lambda s: s["waiting"] == 0)
+        assert sched["running"] == 1 and sched["completed"] == before["completed"], sched  # A is untouched
+        assert first_text(lines_a)  # and still streaming
     after = server.wait_idle(timeout=20)
     assert after["cancelled"] == before["cancelled"] + 2
     assert after["completed"] == before["completed"]
@@ -69,15 +83,16 @@ def test_full_queue_answers_503_then_recovers(server):
     max_queue = before["max_queue"]
     with ExitStack() as stack:
         streams = []
+        lines = []
         for i in range(1 + max_queue):  # one running, max_queue waiting
             client = stack.enter_context(httpx.Client(timeout=60))
             r = stack.enter_context(client.stream("POST", f"{server.v1}/completions", json=body(server, f"Story {i}:")))
             assert r.status_code == 200
             streams.append(r)
             if i == 0:
-                first_text(r.iter_lines())
-        sched = server.health()["scheduler"]
-        assert (sched["running"], sched["waiting"]) == (1, max_queue)
+                lines.append(r.iter_lines())
+                first_text(lines[0])
+        wait_for(server, "queue full", lambda s: (s["running"], s["waiting"]) == (1, max_queue))
         over = httpx.post(f"{server.v1}/completions", json=body(server, stream=False, max_tokens=1), timeout=30)
         assert over.status_code == 503
         err = over.json()["error"]
@@ -91,7 +106,7 @@ def test_full_queue_answers_503_then_recovers(server):
 
 def test_slow_reader_does_not_block_the_next_request(server):
     prompt = "The three primary colours are"
-    want = server.ensemble.generate(prompt, max_new_tokens=12).text
+    want = server.generate(prompt, max_new_tokens=12).text
     before = server.wait_idle()
     with (
         httpx.Client(timeout=60) as c,
@@ -110,7 +125,7 @@ def test_slow_reader_does_not_block_the_next_request(server):
 
 def test_concurrent_clients_each_get_their_own_answer(server):
     prompts = ["The capital of France is", "2 + 2 =", "My favourite food is"]
-    want = [server.ensemble.generate(p, max_new_tokens=6).text for p in prompts]
+    want = [server.generate(p, max_new_tokens=6).text for p in prompts]
     server.wait_idle()
 
     def ask(p: str) -> str:

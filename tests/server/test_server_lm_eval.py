@@ -102,7 +102,7 @@ def test_lm_eval_against_server(server, task_dir, chat):
         ((context, gen),) = s["arguments"]
         # In chat mode the harness sends the context as the content of one user message.
         prompt = json.loads(getattr(context, "prompt", context))[-1]["content"] if chat else context
-        want = server.ensemble.generate(
+        want = server.generate(
             [{"role": "user", "content": prompt}] if chat else prompt,
             chat=chat,
             max_new_tokens=gen["max_gen_toks"],

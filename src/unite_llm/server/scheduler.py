@@ -114,6 +114,8 @@ class Scheduler:
         self._waiting: collections.deque[Job] = collections.deque()
         self._running: list[Job] = []
         self._cond = threading.Condition()
+        self.lock = threading.Lock()
+        """Held by the worker while it generates: take it to use the ensemble from another thread."""
         self._stop = False
         self._thread: threading.Thread | None = None
 
@@ -186,7 +188,8 @@ class Scheduler:
             for job in batch:
                 job.started = now
             try:
-                self.runner.run(batch)
+                with self.lock:
+                    self.runner.run(batch)
             except Exception as err:  # a bug, or a user error found late: report it to every job
                 if not _is_user_error(err):
                     log.exception("generation failed")
