@@ -102,7 +102,8 @@ async def one_request(http: httpx.AsyncClient, url: str, model: str, prompt: str
                     res.completion_tokens = msg["usage"]["completion_tokens"]
                 for choice in msg["choices"]:
                     res.chunks += 1
-                    if choice["text"] and res.ttft_s is None:
+                    # The first piece of output, or the end when the model stopped at once.
+                    if (choice["text"] or choice["finish_reason"]) and res.ttft_s is None:
                         res.ttft_s = time.perf_counter() - t0
                     res.text += choice["text"]
                     res.finish_reason = choice["finish_reason"] or res.finish_reason
@@ -175,12 +176,20 @@ def main() -> None:
             flush=True,
         )
         results, wall, finished = asyncio.run(load(url, model, texts, args))
-        # Reference: the same prompt without streaming (greedy, so the text must be identical).
+        # Reference: the same prompt without streaming (greedy, so the text must be identical),
+        # one request at a time: also the no-concurrency baseline for throughput.
         reference = {}
+        ref_tokens, ref_latency = 0, []
         with httpx.Client(timeout=600) as http:
+            t_ref = time.perf_counter()
             for p in sorted({r.prompt for r in results}):
                 body = {"model": model, "prompt": texts[p], "max_tokens": args.max_tokens, "temperature": 0}
-                reference[p] = http.post(f"{url}/v1/completions", json=body).json()["choices"][0]["text"]
+                t0 = time.perf_counter()
+                out = http.post(f"{url}/v1/completions", json=body).json()
+                ref_latency.append(time.perf_counter() - t0)
+                reference[p] = out["choices"][0]["text"]
+                ref_tokens += out["usage"]["completion_tokens"]
+            ref_wall = time.perf_counter() - t_ref
             sched = http.get(f"{url}/health").json()["scheduler"]
     finally:
         server.terminate()
@@ -221,16 +230,36 @@ def main() -> None:
         "all_finished_in_time": finished,
         "wall_s": round(wall, 2),
         "latency_s": {"p50": pct([r.latency_s for r in ok], 50), "p95": pct([r.latency_s for r in ok], 95)},
-        "ttft_s": {"p50": pct([r.ttft_s for r in ok if r.ttft_s], 50), "p95": pct([r.ttft_s for r in ok if r.ttft_s], 95)},
+        "ttft_s": {"p50": pct([r.ttft_s for r in ok], 50), "p95": pct([r.ttft_s for r in ok], 95)},
         "completion_tokens": tokens,
         "tokens_per_s": round(tokens / wall, 2) if wall else None,
         "requests_per_s": round(len(ok) / wall, 3) if wall else None,
+        "sequential_baseline": {
+            "what": "the same prompts again, one non-streamed request at a time, right after the load phase",
+            "requests": len(ref_latency),
+            "wall_s": round(ref_wall, 2),
+            "latency_s": {"p50": pct(ref_latency, 50), "p95": pct(ref_latency, 95)},
+            "tokens_per_s": round(ref_tokens / ref_wall, 2) if ref_wall else None,
+        },
+        "load_vs_sequential_throughput": round((tokens / wall) / (ref_tokens / ref_wall), 3) if wall and ref_tokens else None,
         "server_counters": sched,
         "error_samples": [asdict(r) | {"ids": sorted(r.ids)} for r in (errors + dropped + corrupted)[:5]],
+        "requests": [
+            {
+                "client": r.client,
+                "prompt": r.prompt,
+                "ok": r.ok,
+                "tokens": r.completion_tokens,
+                "ttft_s": None if r.ttft_s is None else round(r.ttft_s, 3),
+                "latency_s": None if r.latency_s is None else round(r.latency_s, 3),
+                "matches_reference": r.text == reference.get(r.prompt),
+            }
+            for r in sorted(results, key=lambda r: r.client)
+        ],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps({k: v for k, v in report.items() if k not in ("conditions", "error_samples")}, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k not in ("conditions", "error_samples", "requests")}, indent=2))
     print(f"wrote {args.out}")
     if errors or dropped or corrupted or not finished:
         sys.exit(1)
