@@ -6,20 +6,20 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 PROMPT ?= Explain in two sentences why an ensemble of language models can beat a single model.
 
-.PHONY: run test bench lint setup clean results
+.PHONY: run test bench lint setup clean results browser
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,hf,eval,distributed]' -c constraints.txt
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,hf,eval,distributed,serve]'
 	rm -f $(VENV)/.installed-*; touch $@
 
 run: $(STAMP)
 	$(BIN)/unite generate --chat --max-new-tokens 96 "$(PROMPT)"
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest
 
@@ -36,6 +36,12 @@ results: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+
+# The playground test drives Debian's chromium; install it when missing and we are root.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] || { echo "error: $(CHROMIUM) is missing: sudo apt-get install -y chromium" >&2; exit 1; }; \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

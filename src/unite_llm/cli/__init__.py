@@ -6,6 +6,7 @@ from __future__ import annotations
 from . import eval as _eval  # noqa: F401  (registers `unite eval`)
 from . import generate as _generate  # noqa: F401  (registers `unite generate`, `unite models`)
 from . import select as _select  # noqa: F401  (registers `unite select`)
+from . import serve as _serve  # noqa: F401  (registers `unite serve`)
 from ._app import app
 
 

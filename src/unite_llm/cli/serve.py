@@ -1,0 +1,51 @@
+"""``unite serve``: the ensemble behind an OpenAI-compatible HTTP API."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import InvalidConfigError
+from ._app import app, build_ensemble, setup_logging, user_errors
+from .generate import ConfigOpt, ModelOpt
+
+
+@app.command()
+@user_errors
+def serve(
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    model_name: Annotated[
+        Optional[str], typer.Option("--model-name", help="The model id clients send (default: members joined by '+').")
+    ] = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="Top-k per member (paper: 10).")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="Comma-separated member weights, e.g. 0.6,0.4.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="Step method (unite).")] = None,
+    primary: Annotated[Optional[str], typer.Option(help="Primary member: output follows its tokens.")] = None,
+    n_ctx: Annotated[Optional[int], typer.Option("--n-ctx", help="Context window per member.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads per member.")] = None,
+    max_queue: Annotated[int, typer.Option("--max-queue", help="Requests that may wait for the worker; more get HTTP 503.")] = 64,
+    default_max_tokens: Annotated[
+        int, typer.Option("--default-max-tokens", help="Completion length when a request sets no max_tokens (chat).")
+    ] = 512,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log every step to stderr.")] = False,
+) -> None:
+    """Serve the ensemble with an OpenAI-compatible API (/v1/completions, /v1/chat/completions) and a playground at /."""
+    try:
+        import uvicorn
+
+        from ..server import create_app
+    except ImportError as err:
+        raise InvalidConfigError(f"unite serve needs the serve extra: pip install 'unite-llm[serve]' ({err})") from None
+    if not 0 < port < 65536:
+        raise InvalidConfigError(f"--port must be 1-65535, got {port}")
+    if max_queue < 1:
+        raise InvalidConfigError(f"--max-queue must be >= 1, got {max_queue}")
+    setup_logging(verbose)
+    ens, _cfg = build_ensemble(model, config, k=k, weights=weights, method=method, primary=primary, n_ctx=n_ctx, threads=threads)
+    api = create_app(ens, model_name, max_queue=max_queue, default_max_tokens=default_max_tokens, close_ensemble=True)
+    typer.echo(f"serving {api.state.model_name} on http://{host}:{port}  (playground: http://{host}:{port}/)", err=True)
+    uvicorn.run(api, host=host, port=port, log_level="info" if verbose else "warning")

@@ -1,0 +1,144 @@
+"""Request and response bodies of the OpenAI-compatible API (pydantic).
+
+Field names and defaults follow OpenAI's API reference (``/v1/completions``,
+``/v1/chat/completions``) so that its official client, lm-evaluation-harness and other
+tools work unchanged.  Unknown fields are ignored, as OpenAI-compatible servers
+(vLLM, llama.cpp's server) do, because clients send vendor extras freely.  Two
+extras of our own: ``unite`` (ask for per-step union sizes and member probabilities)
+and ``ignore_eos`` (vLLM's name, for benchmarks that need a fixed length).
+
+Type and range problems are pydantic's job and come back as 422; settings that are
+valid JSON but that this server cannot honour (``n > 1``, token-id prompts, ``echo``)
+are checked in :mod:`.app` and come back as 400 naming the parameter.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class UniteOptions(BaseModel):
+    """The ``unite`` extra: what to explain about each step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    explain: bool = False
+    """Per step: the chosen piece, its ensemble probability, union size, each member's probability."""
+    union: bool = False
+    """Also every candidate of the union with each member's probability (implies ``explain``)."""
+
+    @property
+    def wanted(self) -> bool:
+        return self.explain or self.union
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class _Common(BaseModel):
+    """Settings shared by completions and chat completions."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    ignore_eos: bool = False
+    unite: UniteOptions | None = None
+
+    def stop_list(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class CompletionRequest(_Common):
+    """``POST /v1/completions``."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(16, ge=0)
+    logprobs: int | None = Field(None, ge=0, le=20)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = Field(None, ge=1)
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class ChatCompletionRequest(_Common):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=0)
+    max_completion_tokens: int | None = Field(None, ge=0)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+
+# -- responses ---------------------------------------------------------------------
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    """The longest of the members' prompt tokenizations (each member counts its own tokens)."""
+    completion_tokens: int
+    """Ensemble steps that appended text (one united piece each)."""
+    total_tokens: int
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "unite-llm"
+    members: list[str]
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+def dump(model: BaseModel | dict[str, Any]) -> dict[str, Any]:
+    return model if isinstance(model, dict) else model.model_dump()

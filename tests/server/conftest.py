@@ -1,0 +1,95 @@
+"""A real server for the server tests: the default pair behind uvicorn on 127.0.0.1.
+
+The server runs in a thread of the test process on a socket bound to port 0 (the OS
+picks a free port), so the tests can compare its answers with the same ensemble called
+directly.  The members are the session's ``smol`` / ``gemma`` fixtures; the test thread
+calls the ensemble only through :meth:`LiveServer.generate`, which holds the scheduler's
+lock, so the test and the worker never run one llama.cpp context at the same time.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from unite_llm.engine import Ensemble
+from unite_llm.server import create_app
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+MAX_QUEUE = 3
+
+
+@dataclass
+class LiveServer:
+    url: str
+    model: str
+    ensemble: Ensemble
+    app: object
+
+    @property
+    def v1(self) -> str:
+        return f"{self.url}/v1"
+
+    def generate(self, prompt, **kwargs):
+        """``Ensemble.generate`` from the test thread, never at the same time as the worker."""
+        with self.app.state.scheduler.lock:
+            return self.ensemble.generate(prompt, **kwargs)
+
+    def health(self) -> dict:
+        return httpx.get(f"{self.url}/health", timeout=10).json()
+
+    def wait_idle(self, timeout: float = 30.0) -> dict:
+        """Wait until no job runs or waits; returns the scheduler counters."""
+        deadline = time.monotonic() + timeout
+        while True:
+            sched = self.health()["scheduler"]
+            if sched["running"] == 0 and sched["waiting"] == 0:
+                return sched
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server still busy after {timeout}s: {sched}")
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def server(smol, gemma) -> LiveServer:
+    ens = Ensemble([smol, gemma])
+    app = create_app(ens, "unite-test", max_queue=MAX_QUEUE, default_max_tokens=32)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not srv.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.05)
+    yield LiveServer(f"http://127.0.0.1:{port}", "unite-test", ens, app)
+    srv.should_exit = True
+    thread.join(30)
+    sock.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(autouse=True)
+def _leave_server_idle(request):
+    """After a test that used the server, wait until its worker is idle again, so that a
+    failed test cannot leave a generation running into the next test (or into tests that
+    use the same members directly)."""
+    yield
+    if "server" in request.fixturenames:
+        request.getfixturevalue("server").wait_idle(timeout=120)
