@@ -77,7 +77,9 @@ def main() -> None:
     args = ap.parse_args()
 
     members = [LlamaCppMember(spec, n_ctx=2048, n_threads=args.threads) for spec in DEFAULT_ENSEMBLE]
-    ens = Ensemble(members)
+    # Sequential stepping with the same threads as the raw runs: the ratio then isolates
+    # what ensembling itself costs (bench_concurrency.py measures threads across members).
+    ens = Ensemble(members, parallel=False)
     raw: dict[str, list[float]] = {m.name: [] for m in members}
     steps: list[list[float]] = []
     unions: list[int] = []
@@ -102,6 +104,7 @@ def main() -> None:
         "raw_member_ms_per_token": raw_ms,
         "raw_member_tok_per_s": {k: 1000 / v for k, v in raw_ms.items()},
         "ensemble_ms_per_step": step_ms,
+        "threads_per_member": members[0].llm.n_threads,
         "ratio_ensemble_over_sum_of_raw": step_ms / sum(raw_ms.values()),
         "step_ms_at_position_20": at20,
         "step_ms_at_position_400": at400,

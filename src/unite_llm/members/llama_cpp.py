@@ -108,6 +108,7 @@ class LlamaCppMember:
         # llama.cpp may round the context up; llama-cpp-python's buffers keep the size asked for.
         self.n_ctx = min(n_ctx, self.llm.n_ctx())
         self.vocab = byte_vocab(self.llm)
+        self._vocab_ptr = llama_cpp.llama_model_get_vocab(self.llm.model)
         n_vocab = len(self.vocab)
         meta = self.llm.metadata
         self.architecture = meta.get("general.architecture", "")
@@ -124,7 +125,21 @@ class LlamaCppMember:
         return self.llm.detokenize([tid], special=True).decode("utf-8", errors="replace")
 
     def tokenize(self, text: bytes, *, add_bos: bool = False, special: bool = False) -> list[int]:
-        return self.llm.tokenize(text, add_bos=add_bos, special=special)
+        # llama.cpp directly, with a buffer sized to the text: llama-cpp-python allocates
+        # n_ctx_train tokens per call (32k for Gemma), which costs more than tokenizing
+        # the few bytes of a tail window each step.
+        import llama_cpp
+
+        n_max = len(text) + 2
+        buf = (llama_cpp.llama_token * n_max)()
+        n = llama_cpp.llama_tokenize(self._vocab_ptr, text, len(text), buf, n_max, add_bos, special)
+        if n < 0:
+            n_max = -n
+            buf = (llama_cpp.llama_token * n_max)()
+            n = llama_cpp.llama_tokenize(self._vocab_ptr, text, len(text), buf, n_max, add_bos, special)
+        if n < 0:
+            raise RuntimeError(f"llama.cpp failed to tokenize {len(text)} bytes")
+        return buf[:n]
 
     def next_logits(self, context: Sequence[int]) -> np.ndarray:
         import llama_cpp

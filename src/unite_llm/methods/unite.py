@@ -63,7 +63,12 @@ def top_k_ids(logits: np.ndarray, vocab: ByteVocab, k: int, *, ignore_eos: bool 
     while True:
         ids = np.flatnonzero(scores >= top - delta) if np.isfinite(top) else np.arange(n)
         order = ids[np.argsort(-scores[ids], kind="stable")]
-        picked = [tid for tid in order.tolist() if allowed(tid)][:k]
+        picked: list[int] = []
+        for tid in order.tolist():  # best first; stop as soon as k are in
+            if allowed(tid):
+                picked.append(tid)
+                if len(picked) == k:
+                    break
         if len(picked) == k or len(ids) == n or delta > 1e30:
             return picked
         delta = delta * 4 if len(ids) < need else delta * 2
