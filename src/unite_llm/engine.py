@@ -52,6 +52,8 @@ class StepRecord:
     """Each member's renormalised probability of the choice."""
     union: list[dict[str, Any]] = field(default_factory=list)
     """Every candidate: text, ensemble prob, each member's prob and the rule used."""
+    aligned: int = 0
+    """Tokens the step method aligned across vocabularies (UniTE: the union; GaC: the whole union vocabulary)."""
 
     def to_dict(self, *, full: bool = False) -> dict[str, Any]:
         d = asdict(self)
@@ -66,6 +68,8 @@ class Timing:
     prefill_s: float = 0.0
     decode_s: float = 0.0
     steps: int = 0
+    prepare_s: float = 0.0
+    """Time in the step method's ``prepare`` hook (vocabulary maps on first use, per-prompt weights)."""
 
     @property
     def step_ms(self) -> float:
@@ -226,6 +230,11 @@ class Ensemble:
             config = GenerationConfig(**kwargs)
         elif kwargs:
             config = replace(config, **kwargs)
+        respond = getattr(self.method, "generate", None)
+        if respond is not None:  # a response-level method (rank) runs whole generations itself
+            out = respond(self, prompt, config, chat=chat)
+            yield StreamChunk(out.text, out.steps[-1] if out.steps else None, out)
+            return
         tracks = [start_track(m, prompt, chat=chat) for m in self.members]
         yield from self._decode(tracks, config)
 
@@ -262,6 +271,7 @@ class Ensemble:
             union_size=len(dist.candidates),
             member_probs={n: float(dist.member_probs[i, choice]) for i, n in enumerate(names)},
             union=union,
+            aligned=dist.aligned,
         )
 
     def _append(self, tracks: list[TokenTrack], candidate: bytes, logits: list[np.ndarray]) -> bytes:
@@ -299,6 +309,11 @@ class Ensemble:
         steps: list[StepRecord] = []
         finish, stop_reason = "length", None
 
+        prepare = getattr(self.method, "prepare", None)
+        if prepare is not None:  # optional hook: set-up that needs the members or the prompt
+            t0 = time.perf_counter()
+            prepare(self, tracks)
+            timing.prepare_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         logits = self._forward([t.tokens for t in tracks])
         timing.prefill_s = time.perf_counter() - t0
