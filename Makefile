@@ -6,14 +6,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PROMPT ?= Explain in two sentences why an ensemble of language models can beat a single model.
 
-.PHONY: run test bench lint setup clean
+.PHONY: run test bench lint setup clean results
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,baselines]'
+	$(BIN)/python -m pip install -q -e '.[test,eval,baselines]'
 	rm -f $(VENV)/.installed-*; touch $@
 
 run: $(STAMP)
@@ -25,6 +25,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_core.py --out bench/results/core.json
+
+# The paper table, ours (resumable: re-running skips finished items and rewrites the reports).
+RESULTS_LIMIT ?= --limit 50 --limit gsm8k=15
+results: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE nice -n 10 $(BIN)/unite eval --task lambada --task arc_challenge --task piqa --task mmlu \
+	  --task triviaqa --task nq --task gsm8k --setting small --threads 1 $(RESULTS_LIMIT) --out results/paper \
+	  --title "UniTE of SmolLM2-135M-Instruct and Gemma-3-270M" --no-progress
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -23,6 +23,7 @@ Loader = Callable[..., Member]
 # prefix -> "module:attribute"; imported lazily so torch/ray load only when used.
 BUILTIN_LOADERS: dict[str, str] = {
     "gguf": "unite_llm.members.llama_cpp:LlamaCppMember",
+    "styled": "unite_llm.members.styled:StyledMember",
 }
 
 

@@ -1,0 +1,142 @@
+"""The evaluation harness: tasks as data, resumable runs, reports.
+
+::
+
+    from unite_llm.eval import evaluate
+    summary = evaluate(["triviaqa", "lambada"], ["smollm2-135m-instruct", "gemma3-270m"],
+                       methods=["single", "unite"], limit=50, out="runs/eval")
+    summary["tasks"]["triviaqa"]["systems"]["unite(smollm2-135m-instruct+gemma3-270m)"]["accuracy"]
+
+Every member is loaded once and shared by all systems (a member alone and the ensemble
+run on the same llama.cpp context, one after the other), so evaluating each member
+alone next to the ensemble costs no extra model memory.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..members import Member, load_member
+from .report import write_reports
+from .runner import SINGLE, System, build_systems, read_results, run_task, summarize
+from .scoring import wilson_interval
+from .tasks import PAPER_TASKS, RESULT_TASKS, Item, Task
+
+
+def make_progress(enabled: bool = True) -> Any:
+    """A rich progress bar (running accuracy in its description), or None."""
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    )
+
+
+def evaluate_systems(
+    tasks: Sequence[str | Task],
+    systems: Sequence[System],
+    *,
+    limit: int | dict[str, int] | None = None,
+    seed: int = 0,
+    out: str | Path = "runs/eval",
+    setting: str = "paper",
+    datasets_dir: str | Path | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    validation: bool = False,
+    max_new_tokens: int | None = None,
+    title: str = "Evaluation",
+    command: str = "",
+    reports: bool = True,
+) -> dict[str, Any]:
+    """Run every system on every task (resuming), write reports, return the summary."""
+    loaded = [t if isinstance(t, Task) else Task.load(t, setting=setting, datasets_dir=datasets_dir) for t in tasks]
+    summary: dict[str, Any] = {
+        "title": title,
+        "command": command,
+        "limit": limit,
+        "seed": seed,
+        "setting": setting,
+        "split": "validation" if validation else "test",
+        "systems": [{"label": s.label, "method": s.method, "members": s.members, **s.settings} for s in systems],
+        "tasks": {},
+    }
+    bar = make_progress(progress)
+    if bar is not None:
+        bar.start()
+    try:
+        for task in loaded:
+            n = limit.get(task.name, limit.get("*")) if isinstance(limit, dict) else limit
+            items = task.items(limit=n, seed=seed, validation=validation)
+            entry: dict[str, Any] = {
+                "n": len(items),
+                "setting": task.setting,
+                "paper_setting": task.spec.paper_setting,
+                "metric": task.spec.metric,
+                "systems": {},
+            }
+            for system in systems:
+                results = run_task(task, system, items, out, progress=bar, overwrite=overwrite, max_new_tokens=max_new_tokens)
+                entry["systems"][system.label] = summarize(results, by_group=task.spec.group_by is not None)
+            summary["tasks"][task.name] = entry
+    finally:
+        if bar is not None:
+            bar.stop()
+    if reports:
+        write_reports(summary, out)
+    return summary
+
+
+def evaluate(
+    tasks: Sequence[str | Task],
+    models: Sequence[str],
+    *,
+    methods: Sequence[str] = (SINGLE, "unite"),
+    k: int = 10,
+    weights: Sequence[float] | None = None,
+    primary: str | None = None,
+    member_options: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Load ``models`` once, evaluate each alone and every ensemble method on ``tasks``."""
+    members: list[Member] = []
+    try:
+        for spec in models:
+            members.append(load_member(spec, **(member_options or {})))
+        systems = build_systems(members, methods, k=k, weights=weights, primary=primary)
+        return evaluate_systems(tasks, systems, **kwargs)
+    finally:
+        for m in members:
+            m.close()
+
+
+def command_line() -> str:
+    return " ".join(["unite", *sys.argv[1:]]) if sys.argv else ""
+
+
+__all__ = [
+    "PAPER_TASKS",
+    "RESULT_TASKS",
+    "SINGLE",
+    "Item",
+    "System",
+    "Task",
+    "build_systems",
+    "evaluate",
+    "evaluate_systems",
+    "read_results",
+    "run_task",
+    "summarize",
+    "wilson_interval",
+    "write_reports",
+]

@@ -1,0 +1,290 @@
+"""Running a task on a system (one member alone, or an ensemble), safely and visibly.
+
+Every finished item is appended to ``OUT/<task>/<system>.jsonl`` as one line, flushed
+and fsynced before the next item starts.  Re-running the same command reads that file
+and skips the ids it holds, so:
+
+* a run killed at any moment (even SIGKILL) loses at most the item in flight: a line
+  cut off mid-write is the only possible damage, and it is dropped on the next start;
+* an item is never recorded twice: ids already present are skipped, and an exclusive
+  lock on ``<system>.meta.json`` stops two runs from writing the same file.
+
+``<system>.meta.json`` records the settings the lines were produced with (task
+fingerprint, members, method, k, weights); resuming with different settings is an
+error instead of a silently mixed file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..engine import Ensemble
+from ..errors import InvalidConfigError
+from ..members import Member
+from ..sampling import GenerationConfig
+from .scoring import wilson_interval
+from .tasks import Item, Task
+
+SINGLE = "single"
+
+
+@dataclass
+class System:
+    """Something to evaluate: a label, how it was built, and the ensemble that runs it."""
+
+    label: str
+    method: str
+    ensemble: Ensemble
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def members(self) -> list[str]:
+        return self.ensemble.names
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9._+=@-]+", "_", self.label)
+
+
+def member_identity(m: Member) -> str:
+    """What a member is, for the run key: its name and model file when it has one."""
+    path = getattr(m, "path", None)
+    extra = getattr(m, "style", None)
+    return f"{m.name}|{path}|{extra}" if path else m.name
+
+
+def single_system(member: Member, *, k: int = 10) -> System:
+    """One member alone: a one-member ensemble decodes exactly as the model does."""
+    ens = Ensemble([member], k=k)
+    return System(member.name, SINGLE, ens, {"members": [member_identity(member)], "k": k})
+
+
+def ensemble_system(
+    members: Sequence[Member],
+    method: str = "unite",
+    *,
+    k: int = 10,
+    weights: Sequence[float] | None = None,
+    primary: str | None = None,
+    label: str | None = None,
+) -> System:
+    ens = Ensemble(list(members), weights=weights, k=k, method=method, primary=primary)
+    settings = {
+        "members": [member_identity(m) for m in members],
+        "method": method,
+        "k": k,
+        "weights": [round(float(w), 6) for w in ens.weights],
+        "primary": primary,
+    }
+    if label is None:
+        # Settings other than the defaults are part of the label, so each gets its own results file.
+        extra = [f"k={k}"] if k != 10 else []
+        if weights is not None and len({round(float(w), 6) for w in ens.weights}) > 1:
+            extra.append("w=" + "/".join(f"{w:.2f}" for w in ens.weights))
+        if primary is not None:
+            extra.append(f"primary={primary}")
+        label = f"{method}({'+'.join(m.name for m in members)})" + (f"[{','.join(extra)}]" if extra else "")
+    return System(label, method, ens, settings)
+
+
+def build_systems(
+    members: Sequence[Member],
+    methods: Sequence[str],
+    *,
+    k: int = 10,
+    weights: Sequence[float] | None = None,
+    primary: str | None = None,
+) -> list[System]:
+    """``single`` -> one system per member; any other method -> the ensemble of all members."""
+    from ..methods import METHODS
+
+    systems: list[System] = []
+    for method in methods:
+        if method == SINGLE:
+            systems.extend(single_system(m, k=k) for m in members)
+        elif method in METHODS:
+            if len(members) < 2:
+                raise InvalidConfigError(f"method {method!r} needs at least two members")
+            systems.append(ensemble_system(members, method, k=k, weights=weights, primary=primary))
+        else:
+            known = ", ".join([SINGLE, *sorted(METHODS)])
+            raise InvalidConfigError(f"unknown method {method!r} (known: {known})")
+    return systems
+
+
+# -- the per-item results file ------------------------------------------------------------------
+
+
+def read_results(path: Path, *, repair: bool = True) -> dict[str, dict[str, Any]]:
+    """Finished items by id.  A last line cut off by a kill is dropped (and cut from the file)."""
+    if not path.is_file():
+        return {}
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        if repair:
+            with path.open("r+b") as f:
+                f.truncate(cut)
+        data = data[:cut]
+    out: dict[str, dict[str, Any]] = {}
+    for n, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            raise InvalidConfigError(f"{path}:{n} is not a result line; remove the file to start over") from None
+        out.setdefault(str(rec["id"]), rec)
+    return out
+
+
+@contextmanager
+def _locked_run(meta_path: Path, meta: dict[str, Any], *, overwrite: bool) -> Iterator[None]:
+    meta_path.parent.mkdir(parents=True, exist_ok=True)
+    meta = json.loads(json.dumps(meta))  # tuples -> lists, as the file will read back
+    fd = os.open(meta_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InvalidConfigError(f"another run is writing {meta_path.parent}; wait for it or use another --out") from None
+        old = os.read(fd, 1 << 20)
+        if old.strip():
+            previous = json.loads(old)
+            if previous != meta and not overwrite:
+                diff = sorted(k for k in set(previous) | set(meta) if previous.get(k) != meta.get(k))
+                raise InvalidConfigError(
+                    f"{meta_path.with_suffix('').with_suffix('.jsonl')} holds results of other settings "
+                    f"(differs in: {', '.join(diff)}); use another --out or --overwrite"
+                )
+            if previous != meta and overwrite:
+                jsonl = meta_path.parent / (meta_path.name.removesuffix(".meta.json") + ".jsonl")
+                jsonl.unlink(missing_ok=True)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
+        os.fsync(fd)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _append(f: Any, record: dict[str, Any]) -> None:
+    f.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def run_item(task: Task, system: System, item: Item, gen: GenerationConfig) -> dict[str, Any]:
+    """Generate, extract and score one item."""
+    t0 = time.perf_counter()
+    out = system.ensemble.generate(item.prompt, gen)
+    elapsed = time.perf_counter() - t0
+    extracted = task.extract(out.text)
+    correct = task.score(extracted, item.gold)
+    unions = [s.union_size for s in out.steps]
+    return {
+        "id": item.id,
+        "prompt_id": hashlib.sha256(item.prompt.encode()).hexdigest()[:12],
+        "group": item.group,
+        "output": out.text,
+        "extracted": extracted,
+        "gold": item.gold,
+        "correct": bool(correct),
+        "tokens": len(out.steps),
+        "chars": len(out.text),
+        "finish_reason": out.finish_reason,
+        "time_s": round(elapsed, 4),
+        "mean_union": round(sum(unions) / len(unions), 3) if unions else 0.0,
+    }
+
+
+def run_task(
+    task: Task,
+    system: System,
+    items: Sequence[Item],
+    out_dir: str | Path,
+    *,
+    progress: Any = None,
+    overwrite: bool = False,
+    max_new_tokens: int | None = None,
+) -> list[dict[str, Any]]:
+    """Evaluate ``items`` (resuming), returning their results in item order."""
+    folder = Path(out_dir) / task.name
+    jsonl = folder / f"{system.slug}.jsonl"
+    meta = {
+        "task": task.name,
+        "setting": task.setting,
+        "task_fingerprint": task.fingerprint(),
+        "system": system.label,
+        "method": system.method,
+        **system.settings,
+        "max_new_tokens": max_new_tokens or task.max_new_tokens,
+        "stop": task.stop,
+    }
+    gen = GenerationConfig(max_new_tokens=max_new_tokens or task.max_new_tokens, stop=tuple(task.stop))
+    with _locked_run(folder / f"{system.slug}.meta.json", meta, overwrite=overwrite):
+        done = read_results(jsonl)
+        todo = [it for it in items if it.id not in done]
+        results = [done[it.id] for it in items if it.id in done]
+        correct = sum(r["correct"] for r in results)
+        bar = None
+        if progress is not None:
+            bar = progress.add_task(_describe(task, system, correct, len(results)), total=len(items), completed=len(results))
+        with jsonl.open("ab") as f:
+            for item in todo:
+                rec = run_item(task, system, item, gen)
+                _append(f, rec)
+                done[item.id] = rec
+                correct += rec["correct"]
+                if bar is not None:
+                    progress.update(bar, advance=1, description=_describe(task, system, correct, len(done)))
+        if bar is not None:
+            progress.update(bar, description=_describe(task, system, correct, len(items)))
+    return [done[it.id] for it in items]
+
+
+def _describe(task: Task, system: System, correct: int, n: int) -> str:
+    acc = f"{100 * correct / n:5.1f}%" if n else "  -  "
+    return f"{task.name:<13} {system.label[:34]:<34} acc {acc}"
+
+
+def summarize(results: Sequence[dict[str, Any]], *, by_group: bool = False) -> dict[str, Any]:
+    """Accuracy with a 95 % Wilson interval, and the mean cost and length of a response."""
+    n = len(results)
+    c = sum(bool(r["correct"]) for r in results)
+    lo, hi = wilson_interval(c, n)
+
+    def mean(key: str) -> float:
+        return round(sum(float(r.get(key, 0.0)) for r in results) / n, 4) if n else 0.0
+
+    out: dict[str, Any] = {
+        "n": n,
+        "correct": c,
+        "accuracy": round(100 * c / n, 2) if n else 0.0,
+        "ci95": [round(100 * lo, 2), round(100 * hi, 2)],
+        "mean_tokens": mean("tokens"),
+        "mean_chars": mean("chars"),
+        "mean_time_s": mean("time_s"),
+        "mean_union": mean("mean_union"),
+        "empty_answers": sum(1 for r in results if not r.get("extracted")),
+    }
+    if by_group:
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for r in results:
+            groups.setdefault(str(r.get("group")), []).append(r)
+        out["groups"] = {
+            g: {"n": len(rs), "accuracy": round(100 * sum(bool(r["correct"]) for r in rs) / len(rs), 2)}
+            for g, rs in sorted(groups.items())
+        }
+    return out

@@ -1,0 +1,397 @@
+"""Benchmark tasks as data: a YAML file says where the items are, how a prompt is built,
+how an answer is read from the output and how it is scored.
+
+Built-in task files live next to this module in ``tasks/*.yaml`` (the paper's six
+benchmarks, LAMBADA and CMMLU); ``--task path/to/my_task.yaml`` loads a user's own.
+A task file::
+
+    name: my-qa
+    data:                               # the first source that exists is used
+      - path: my_items.jsonl            # relative to the task file, the datasets folder, or absolute
+        fields: {gold: "answers"}       # optional: Jinja expressions that make canonical fields
+      - hf: {path: org/name, split: test}   # only with the optional `datasets` package
+    prompt: "Question: {{ question }}\\nAnswer:"     # Jinja template of one item
+    fewshot: {examples: [{question: ..., gold: ...}], answer: " {{ gold }}"}
+    gold: gold                          # Jinja expression: a string or a list of aliases
+    extract: {kind: first_line}         # number | letter | first_line | first_word | regex | raw
+    metric: normalized_exact            # exact | normalized_exact | contains | numeric | choice
+    generation: {max_new_tokens: 24, stop: ["\\n"]}
+    settings: {small: {...}}            # named overrides of any of the above
+
+The prompt is ``header + few-shot block + item``: the header and few-shot block are the
+same for every item (or every item of a group, e.g. an MMLU subject), so a member's KV
+cache evaluates that shared prefix once and only the question at the end is new.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import glob
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import InvalidConfigError, InvalidInputError
+from . import scoring
+
+DATASETS_ENV = "UNITE_DATASETS"
+
+
+def default_datasets_dir() -> Path:
+    """``$UNITE_DATASETS``, else ``../shared/datasets`` from the working directory or the repo."""
+    env = os.environ.get(DATASETS_ENV)
+    if env:
+        return Path(env)
+    for base in (Path.cwd(), Path(__file__).resolve().parents[3]):
+        cand = base.parent / "shared" / "datasets"
+        if cand.is_dir():
+            return cand
+    return Path.cwd() / "datasets"
+
+
+class DataSource(BaseModel):
+    """One place items may come from."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str | None = None
+    """A JSONL/JSON/CSV file, a glob of them, or a directory of CSV files."""
+    hf: dict[str, Any] | None = None
+    """``datasets.load_dataset`` keyword arguments (path, name, split)."""
+    fields: dict[str, str] = Field(default_factory=dict)
+    """Canonical field -> Jinja expression over the raw record (raw fields stay visible)."""
+    note: str = ""
+
+
+class FewShot(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = None
+    """A literal few-shot block (e.g. the paper's own prompt file, inlined)."""
+    text_file: str | None = None
+    """A file holding the literal block (relative like data paths)."""
+    source: DataSource | None = None
+    """Examples drawn from a data file and rendered with the task's prompt + ``answer``."""
+    examples: list[dict[str, Any]] | None = None
+    n: int = 5
+    match: str | None = None
+    """Use only examples whose field equals the item's (MMLU: the same subject)."""
+    answer: str = " {{ gold }}"
+    """Template appended to an example's prompt: the demonstrated answer."""
+    separator: str = "\n\n"
+
+
+class TaskSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+    paper_setting: str = ""
+    data: list[DataSource]
+    validation: list[DataSource] = Field(default_factory=list)
+    id: str | None = None
+    """Jinja expression for a stable item id (default: position in the file)."""
+    header: str = ""
+    prompt: str
+    fewshot: FewShot | None = None
+    gold: str = "gold"
+    gold_extract: dict[str, Any] | None = None
+    extract: dict[str, Any] = Field(default_factory=lambda: {"kind": "raw"})
+    metric: str = "exact"
+    group_by: str | None = None
+    generation: dict[str, Any] = Field(default_factory=dict)
+    settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+@dataclass
+class Item:
+    """One evaluation item, ready to run."""
+
+    id: str
+    prompt: str
+    gold: str | list[str]
+    group: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+# -- Jinja -------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _env() -> Any:
+    from jinja2 import StrictUndefined  # noqa: F401  (kept lenient on purpose: optional choices)
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(keep_trailing_newline=True)
+    env.filters["letter"] = lambda i: "ABCDEFGHIJ"[int(i)]
+    return env
+
+
+@lru_cache(maxsize=512)
+def _template(text: str) -> Any:
+    return _env().from_string(text)
+
+
+@lru_cache(maxsize=512)
+def _expression(text: str) -> Any:
+    return _env().compile_expression(text)
+
+
+def render(text: str, record: dict[str, Any], what: str) -> str:
+    try:
+        return _template(text).render(**record, item=record)
+    except Exception as err:
+        raise InvalidConfigError(f"{what}: cannot render template: {err}") from None
+
+
+def evaluate(expr: str, record: dict[str, Any], what: str) -> Any:
+    try:
+        value = _expression(expr)(**record, item=record)
+    except Exception as err:
+        raise InvalidConfigError(f"{what}: cannot evaluate {expr!r}: {err}") from None
+    if value is None or type(value).__name__ == "Undefined":
+        raise InvalidInputError(f"{what}: {expr!r} is undefined for an item with fields {sorted(record)}")
+    return value
+
+
+# -- loading data --------------------------------------------------------------------------------
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    if path.is_dir():
+        paths = sorted(path.glob("*.csv")) + sorted(path.glob("*.jsonl"))
+    elif any(ch in str(path) for ch in "*?["):
+        paths = [Path(p) for p in sorted(glob.glob(str(path)))]
+    else:
+        paths = [path]
+    out: list[dict[str, Any]] = []
+    for p in paths:
+        if p.suffix == ".csv":
+            with p.open(encoding="utf-8", newline="") as f:
+                for row in csv.DictReader(f):
+                    out.append({**row, "_file": p.stem})
+        elif p.suffix == ".json":
+            data = json.loads(p.read_text(encoding="utf-8"))
+            out.extend({**r, "_file": p.stem} for r in (data if isinstance(data, list) else data["data"]))
+        else:
+            with p.open(encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            out.append({**json.loads(line), "_file": p.stem})
+                        except json.JSONDecodeError as err:
+                            raise InvalidInputError(f"{p}:{n}: not valid JSON ({err.msg})") from None
+    return out
+
+
+def _resolve(path: str, base_dirs: list[Path]) -> Path | None:
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        cands = [p]
+    else:
+        cands = [b / p for b in base_dirs]
+    for c in cands:
+        if c.exists() or (any(ch in str(c) for ch in "*?[") and glob.glob(str(c))):
+            return c
+    return None
+
+
+def load_records(sources: list[DataSource], base_dirs: list[Path], what: str) -> tuple[list[dict[str, Any]], str]:
+    """Records from the first source that exists, with canonical fields added."""
+    tried = []
+    for src in sources:
+        records = None
+        where = ""
+        if src.path:
+            p = _resolve(src.path, base_dirs)
+            if p is None:
+                tried.append(src.path)
+                continue
+            records, where = _read_records(p), str(p)
+        elif src.hf:
+            try:
+                import datasets  # type: ignore[import-not-found]
+            except ImportError:
+                tried.append(f"hf:{src.hf.get('path')} (the optional `datasets` package is not installed)")
+                continue
+            records, where = [dict(r) for r in datasets.load_dataset(**src.hf)], f"hf:{src.hf}"
+        if records is None:
+            continue
+        for i, r in enumerate(records):
+            r.setdefault("index", i)
+            for name, expr in src.fields.items():
+                r[name] = evaluate(expr, r, f"{what} field {name!r}")
+        return records, where
+    raise InvalidInputError(f"{what}: no data found (tried {', '.join(tried) or 'nothing'}; datasets folder: {base_dirs})")
+
+
+# -- tasks ------------------------------------------------------------------------------------------
+
+
+def builtin_tasks() -> dict[str, Path]:
+    """Name -> task file for the tasks shipped with the package."""
+    folder = files("unite_llm") / "eval" / "tasks"
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("fields",):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+class Task:
+    """A loaded task: its spec (with a setting applied) and where relative paths point."""
+
+    def __init__(self, spec: TaskSpec, *, setting: str = "paper", base_dirs: list[Path], source: str = "") -> None:
+        self.spec = spec
+        self.setting = setting
+        self.base_dirs = base_dirs
+        self.source = source
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @classmethod
+    def load(cls, ref: str, *, setting: str = "paper", datasets_dir: str | Path | None = None) -> Task:
+        """A built-in task by name, or a task file by path; ``setting`` picks a variant."""
+        known = builtin_tasks()
+        path = known.get(ref) or Path(ref).expanduser()
+        if not path.is_file():
+            raise InvalidConfigError(
+                f"unknown task {ref!r}: not a task file and not a built-in (known: {', '.join(sorted(known))})"
+            )
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise InvalidConfigError(f"cannot parse task file {path}: {err}") from None
+        if not isinstance(raw, dict):
+            raise InvalidConfigError(f"task file {path} must hold a mapping")
+        settings = raw.get("settings") or {}
+        if setting != "paper":
+            if setting in settings:
+                raw = _merge(raw, settings[setting])
+            elif setting != "small":  # tasks without a variant run their one setting under any name
+                raise InvalidConfigError(f"task {ref!r} has no setting {setting!r} (has: paper, {', '.join(settings)})")
+        raw.setdefault("name", path.stem)
+        try:
+            spec = TaskSpec.model_validate(raw)
+        except ValidationError as err:
+            raise InvalidConfigError(f"invalid task file {path}: {err}") from None
+        scoring.extract(
+            spec.extract.get("kind", "raw"),
+            "",
+            **{k: v for k, v in spec.extract.items() if k != "kind"}
+            | ({"pattern": "x"} if spec.extract.get("kind") == "regex" and "pattern" not in spec.extract else {}),
+        )
+        if spec.metric not in scoring.METRICS:
+            raise InvalidConfigError(
+                f"task {spec.name}: unknown metric {spec.metric!r} (known: {', '.join(sorted(scoring.METRICS))})"
+            )
+        ds = Path(datasets_dir) if datasets_dir else default_datasets_dir()
+        return cls(spec, setting=setting, base_dirs=[path.parent, ds, Path.cwd()], source=str(path))
+
+    # -- generation settings --
+
+    @property
+    def max_new_tokens(self) -> int:
+        return int(self.spec.generation.get("max_new_tokens", 32))
+
+    @property
+    def stop(self) -> list[str]:
+        return list(self.spec.generation.get("stop", []))
+
+    def fingerprint(self) -> str:
+        """A hash of everything that changes results: the resolved spec and setting."""
+        blob = json.dumps(self.spec.model_dump(), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(f"{self.setting}\n{blob}".encode()).hexdigest()[:16]
+
+    # -- items --
+
+    def _fewshot_block(self, record: dict[str, Any], pools: dict[str, Any]) -> str:
+        fs = self.spec.fewshot
+        if fs is None:
+            return ""
+        if fs.text is not None or fs.text_file is not None:
+            if fs.text is not None:
+                text = fs.text
+            else:
+                p = _resolve(fs.text_file or "", self.base_dirs)
+                if p is None:
+                    raise InvalidInputError(f"task {self.name}: few-shot file {fs.text_file} not found")
+                text = p.read_text(encoding="utf-8")
+            return text.rstrip("\n") + fs.separator
+        if "examples" not in pools:
+            if fs.examples is not None:
+                pools["examples"] = [dict(e) for e in fs.examples]
+            elif fs.source is not None:
+                pools["examples"], _ = load_records([fs.source], self.base_dirs, f"task {self.name} few-shot")
+            else:
+                pools["examples"] = []
+        examples = pools["examples"]
+        if fs.match:
+            key = record.get(fs.match)
+            examples = [e for e in examples if e.get(fs.match) == key]
+        shots = []
+        for e in examples[: fs.n]:
+            gold = evaluate(self.spec.gold, e, f"task {self.name} few-shot gold")
+            e = {**e, "gold": gold[0] if isinstance(gold, list) else gold}
+            shots.append(render(self.spec.prompt, e, f"task {self.name} few-shot") + render(fs.answer, e, f"task {self.name}"))
+        return "".join(s + fs.separator for s in shots)
+
+    def items(self, *, limit: int | None = None, seed: int = 0, validation: bool = False) -> list[Item]:
+        """The task's items; ``limit`` takes a seeded random subset in file order.
+
+        Subsets are nested (``limit=100`` is a subset of ``limit=300`` for the same seed),
+        so a run can be extended later and resume over what is done.
+        """
+        sources = self.spec.validation if validation and self.spec.validation else self.spec.data
+        records, _ = load_records(sources, self.base_dirs, f"task {self.name}")
+        order = np.arange(len(records))
+        if limit is not None and limit < len(records):
+            perm = np.random.default_rng(seed).permutation(len(records))
+            order = np.sort(perm[:limit])
+        pools: dict[str, Any] = {}
+        items = []
+        for i in order:
+            r = records[int(i)]
+            gold = evaluate(self.spec.gold, r, f"task {self.name} gold")
+            if self.spec.gold_extract:
+                opts = dict(self.spec.gold_extract)
+                kind = opts.pop("kind")
+                gold = (
+                    [scoring.extract(kind, str(g), **opts) for g in gold]
+                    if isinstance(gold, list)
+                    else scoring.extract(kind, str(gold), **opts)
+                )
+            if not isinstance(gold, str):
+                gold = [str(g) for g in gold]
+            item_id = str(evaluate(self.spec.id, r, f"task {self.name} id")) if self.spec.id else str(r["index"])
+            prompt = render(self.spec.header, r, f"task {self.name} header") + self._fewshot_block(r, pools)
+            prompt += render(self.spec.prompt, r, f"task {self.name} prompt")
+            group = str(r.get(self.spec.group_by)) if self.spec.group_by else None
+            items.append(Item(item_id, prompt, gold, group, r))
+        return items
+
+    def extract(self, output: str) -> str:
+        opts = dict(self.spec.extract)
+        return scoring.extract(opts.pop("kind", "raw"), output, **opts)
+
+    def score(self, extracted: str, gold: str | list[str]) -> bool:
+        return scoring.score(self.spec.metric, extracted, gold)
+
+
+PAPER_TASKS = ("gsm8k", "triviaqa", "nq", "arc_challenge", "piqa", "mmlu")
+RESULT_TASKS = (*PAPER_TASKS, "lambada")

@@ -1,0 +1,336 @@
+"""Determine-Then-Ensemble: which candidates to ensemble, and why.
+
+The paper's rule (Yao et al. 2025, Sec. 3 and Fig. 2): ensembling helps only when the
+members are *compatible*; a member far weaker than the best, or one whose answers are
+much longer or shorter, drags the ensemble down.  So:
+
+1. every candidate is evaluated alone on the task's validation items;
+2. the best candidate becomes the primary;
+3. the others, in order of score, join if their score is within ``gap`` percentage
+   points of the primary's AND their mean response length is within ``length_ratio``
+   of the primary's (either way: 2.0 means between half and double).
+
+Response length is measured in **characters** by default: token counts of different
+tokenizers are not comparable (Gemma's 262k vocabulary spends fewer tokens on the same
+text than SmolLM2's 49k one).  Vocabulary size is reported, never used.
+
+:func:`select_members` is the rule as a pure function of a score table;
+:func:`run_selection` is the pipeline behind ``unite select``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidConfigError
+
+
+@dataclass
+class CandidateScore:
+    """One candidate evaluated alone."""
+
+    name: str
+    score: float
+    """Accuracy in percent."""
+    length: float
+    """Mean response length (in the unit the rule uses)."""
+    spec: str = ""
+    n: int = 0
+    mean_tokens: float = 0.0
+    mean_chars: float = 0.0
+    vocab_size: int = 0
+    ci95: tuple[float, float] = (0.0, 0.0)
+
+
+@dataclass
+class Decision:
+    name: str
+    score: float
+    length: float
+    gap: float
+    """Points below the primary (0 for the primary)."""
+    length_ratio: float
+    """max(len/primary_len, primary_len/len); 1 for the primary."""
+    verdict: str
+    """``primary``, ``selected`` or ``rejected``."""
+    reason: str
+    candidate: CandidateScore = field(repr=False, default=None)  # type: ignore[assignment]
+
+
+@dataclass
+class Selection:
+    decisions: list[Decision]
+    gap: float
+    length_ratio: float
+
+    @property
+    def primary(self) -> Decision:
+        return self.decisions[0]
+
+    @property
+    def selected(self) -> list[Decision]:
+        return [d for d in self.decisions if d.verdict in ("primary", "selected")]
+
+    @property
+    def rejected(self) -> list[Decision]:
+        return [d for d in self.decisions if d.verdict == "rejected"]
+
+    def table(self) -> list[dict[str, Any]]:
+        rows = []
+        for d in self.decisions:
+            c = d.candidate
+            rows.append(
+                {
+                    "candidate": d.name,
+                    "spec": c.spec if c else d.name,
+                    "score": round(d.score, 2),
+                    "ci95": list(c.ci95) if c else None,
+                    "n": c.n if c else None,
+                    "length": round(d.length, 2),
+                    "mean_tokens": c.mean_tokens if c else None,
+                    "mean_chars": c.mean_chars if c else None,
+                    "vocab_size": c.vocab_size if c else None,
+                    "gap": round(d.gap, 2),
+                    "length_ratio": round(d.length_ratio, 3) if math.isfinite(d.length_ratio) else "inf",
+                    "verdict": d.verdict,
+                    "reason": d.reason,
+                }
+            )
+        return rows
+
+
+def _ratio(a: float, b: float) -> float:
+    if a == b:
+        return 1.0
+    if a <= 0 or b <= 0:
+        return math.inf
+    return max(a / b, b / a)
+
+
+def select_members(candidates: Sequence[CandidateScore], *, gap: float = 10.0, length_ratio: float = 2.0) -> Selection:
+    """Apply Determine-Then-Ensemble to a score table (pure; no models).
+
+    Ties in score keep the order the candidates were given in (the first listed becomes
+    the primary), so the outcome never depends on anything but the table.
+    """
+    if not candidates:
+        raise InvalidConfigError("selection needs at least one candidate")
+    if gap < 0:
+        raise InvalidConfigError(f"gap must be >= 0 points, got {gap}")
+    if length_ratio < 1:
+        raise InvalidConfigError(f"length ratio must be >= 1, got {length_ratio}")
+    names = [c.name for c in candidates]
+    if len(set(names)) != len(names):
+        raise InvalidConfigError(f"candidate names must be unique, got {names}")
+    ranked = sorted(candidates, key=lambda c: -c.score)  # stable: ties keep input order
+    p = ranked[0]
+    decisions = [Decision(p.name, p.score, p.length, 0.0, 1.0, "primary", "best score", p)]
+    for c in ranked[1:]:
+        g = p.score - c.score
+        r = _ratio(c.length, p.length)
+        if g > gap:
+            verdict, reason = "rejected", f"{g:.1f} points below the primary (limit {gap:g})"
+        elif r > length_ratio:
+            side = "longer" if c.length > p.length else "shorter"
+            verdict, reason = "rejected", f"answers {r:.2f}x {side} than the primary's (limit {length_ratio:g}x)"
+        else:
+            verdict, reason = "selected", f"within {gap:g} points and {length_ratio:g}x length"
+        decisions.append(Decision(c.name, c.score, c.length, g, r, verdict, reason, c))
+    return Selection(decisions, gap, length_ratio)
+
+
+# -- the pipeline ------------------------------------------------------------------------------
+
+
+@dataclass
+class SelectionReport:
+    task: str
+    split: str
+    selection: Selection
+    config: Any
+    verify: dict[str, Any] = field(default_factory=dict)
+    tuning: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "split": self.split,
+            "gap": self.selection.gap,
+            "length_ratio": self.selection.length_ratio,
+            "decisions": self.selection.table(),
+            "verify": self.verify,
+            "tuning": self.tuning,
+            "config": self.config.model_dump() if self.config is not None else None,
+        }
+
+
+def _score_of(summary: dict[str, Any], name: str, spec: str, vocab_size: int, unit: str) -> CandidateScore:
+    return CandidateScore(
+        name=name,
+        spec=spec,
+        score=summary["accuracy"],
+        length=summary["mean_chars"] if unit == "chars" else summary["mean_tokens"],
+        n=summary["n"],
+        mean_tokens=summary["mean_tokens"],
+        mean_chars=summary["mean_chars"],
+        vocab_size=vocab_size,
+        ci95=tuple(summary["ci95"]),
+    )
+
+
+def weight_grid(n_members: int, primary_weights: Sequence[float] = (0.5, 0.6, 0.7)) -> list[list[float] | None]:
+    """Equal weights first (None), then the primary (member 0) at each listed weight."""
+    grid: list[list[float] | None] = [None]
+    for w in primary_weights:
+        if abs(w - 1 / n_members) < 1e-9:
+            continue
+        rest = (1 - w) / (n_members - 1)
+        grid.append([w] + [rest] * (n_members - 1))
+    return grid
+
+
+def run_selection(
+    candidates: Sequence[str],
+    task: str,
+    *,
+    limit: int | None = 50,
+    seed: int = 0,
+    gap: float = 10.0,
+    length_ratio: float = 2.0,
+    length_unit: str = "chars",
+    k: int = 10,
+    method: str = "unite",
+    setting: str = "paper",
+    out: str | Path = "runs/select",
+    verify: bool = False,
+    tune_weights: bool = False,
+    split: str = "validation",
+    datasets_dir: str | Path | None = None,
+    progress: bool = True,
+    member_options: dict[str, Any] | None = None,
+) -> SelectionReport:
+    """Evaluate each candidate alone, apply the rule, optionally verify and tune."""
+    from .config import EnsembleConfig
+    from .eval import make_progress
+    from .eval.runner import ensemble_system, run_task, single_system, summarize
+    from .eval.tasks import Task
+    from .members import load_member
+
+    if len(candidates) < 1:
+        raise InvalidConfigError("give at least one --candidate")
+    if length_unit not in ("chars", "tokens"):
+        raise InvalidConfigError(f"length unit must be chars or tokens, got {length_unit!r}")
+    if split not in ("validation", "test"):
+        raise InvalidConfigError(f"split must be validation or test, got {split!r}")
+    t = Task.load(task, setting=setting, datasets_dir=datasets_dir)
+    use_val = split == "validation" and bool(t.spec.validation)
+    split_used = "validation" if use_val else "test"
+    items = t.items(limit=limit, seed=seed, validation=use_val)
+    members = []
+    bar = make_progress(progress)
+    try:
+        for spec in candidates:
+            members.append(load_member(spec, **(member_options or {})))
+        by_name = {m.name: m for m in members}
+        if len(by_name) != len(members):
+            raise InvalidConfigError(f"candidates must be different models, got {[m.name for m in members]}")
+        spec_of = {m.name: s for m, s in zip(members, candidates)}
+        if bar is not None:
+            bar.start()
+
+        def evaluate(system: Any, its: Sequence[Any] = items) -> dict[str, Any]:
+            return summarize(run_task(t, system, its, out, progress=bar))
+
+        scores = [_score_of(evaluate(single_system(m, k=k)), m.name, spec_of[m.name], len(m.vocab), length_unit) for m in members]
+        selection = select_members(scores, gap=gap, length_ratio=length_ratio)
+        chosen = [by_name[d.name] for d in selection.selected]
+        lead = chosen[0].name  # the paper's primary-model mode: the output follows the primary's tokens
+
+        def ens(ms: Sequence[Any], **kw: Any) -> Any:
+            return ensemble_system(ms, method, k=kw.pop("k", k), primary=lead, **kw)
+
+        verify_rows: dict[str, Any] = {}
+        if verify:
+            for d in selection.decisions:
+                verify_rows[d.name] = {"members": [d.name], **_brief(next(s for s in scores if s.name == d.name))}
+            if len(chosen) > 1:
+                verify_rows["selected"] = {"members": [m.name for m in chosen], **evaluate(ens(chosen))}
+            for d in selection.rejected:
+                extra = by_name[d.name]
+                plus = [*chosen, extra]
+                verify_rows[f"selected + {d.name}"] = {"members": [m.name for m in plus], **evaluate(ens(plus))}
+                if len(chosen) > 1:
+                    swapped = [chosen[0], extra]
+                    verify_rows[f"primary + {d.name} (swapped in)"] = {
+                        "members": [m.name for m in swapped],
+                        **evaluate(ens(swapped)),
+                    }
+
+        weights: list[float] | None = None
+        best_k = k
+        tuning: dict[str, Any] = {}
+        if tune_weights and len(chosen) > 1:
+            tune_items, held_items = items[0::2], items[1::2]
+            trials = []
+            for kk, w in itertools.product(sorted({k, 5, 10}), weight_grid(len(chosen))):
+                s = evaluate(ens(chosen, k=kk, weights=w), tune_items)
+                trials.append({"k": kk, "weights": w, "accuracy": s["accuracy"], "n": s["n"]})
+            # Best on the tuning half; ties go to the earlier (simpler) setting: equal weights, smaller k.
+            best = max(trials, key=lambda r: r["accuracy"])
+            equal = evaluate(ens(chosen), held_items)
+            tuned = evaluate(ens(chosen, k=best["k"], weights=best["weights"]), held_items)
+            weights, best_k = best["weights"], best["k"]
+            tuning = {
+                "tune_n": len(tune_items),
+                "held_out_n": len(held_items),
+                "trials": trials,
+                "best": best,
+                "held_out_equal": _brief_summary(equal),
+                "held_out_tuned": _brief_summary(tuned),
+                "gain_points": round(tuned["accuracy"] - equal["accuracy"], 2),
+            }
+    finally:
+        if bar is not None:
+            bar.stop()
+        for m in members:
+            m.close()
+
+    primary_name = selection.primary.name
+    config = EnsembleConfig(
+        members=[spec_of[d.name] for d in selection.selected],
+        weights=weights,
+        k=best_k,
+        method=method,
+        primary=primary_name if len(chosen) > 1 else None,
+        generation={"max_new_tokens": t.max_new_tokens, "stop": t.stop},
+        notes={
+            "made_by": "unite select (Determine-Then-Ensemble)",
+            "task": t.name,
+            "setting": t.setting,
+            "split": split_used,
+            "n_items": len(items),
+            "seed": seed,
+            "gap": gap,
+            "length_ratio": length_ratio,
+            "length_unit": length_unit,
+            "decisions": selection.table(),
+            **({"tuning": {k2: v for k2, v in tuning.items() if k2 != "trials"}} if tuning else {}),
+        },
+    )
+    return SelectionReport(t.name, split_used, selection, config, verify_rows, tuning)
+
+
+def _brief(c: CandidateScore) -> dict[str, Any]:
+    return {"n": c.n, "accuracy": c.score, "ci95": list(c.ci95), "mean_tokens": c.mean_tokens, "mean_chars": c.mean_chars}
+
+
+def _brief_summary(s: dict[str, Any]) -> dict[str, Any]:
+    return {k: s[k] for k in ("n", "accuracy", "ci95", "mean_tokens", "mean_chars")}
+
+
+__all__ = ["CandidateScore", "Decision", "Selection", "SelectionReport", "run_selection", "select_members", "weight_grid"]
