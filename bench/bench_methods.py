@@ -106,6 +106,7 @@ def table(rows: list[dict], meta: dict) -> str:
         f"{meta['tokens']} tokens per prompt (greedy, ignore_eos), {meta['prompts']} raw prompts; decode ms/token "
         "averaged over prompts 2..n (prompt 1 pays set-up); each method in a fresh process. "
         f"DeePEn memory budget {meta['deepen_gib']} GiB; {meta['threads']} llama.cpp thread(s) per member. "
+        f"Load average {meta['load_avg_start'][0]:.1f} at start, {meta['load_avg_end'][0]:.1f} at end. "
         "For single members and rank, 'aligned' is the member's own top-k (nothing crosses vocabularies).",
         "",
         "| method | runs as | decode ms/token | tokens aligned/step | peak RSS MiB | RSS after load MiB | one-time set-up s |",
@@ -162,8 +163,11 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.tokens, args.prompts, args.n_ctx, args.threads)))
         return
-    env = {**os.environ, "UNITE_DEEPEN_MEMORY_GIB": str(args.deepen_gib)}
+    # OMP_WAIT_POLICY=PASSIVE: llama.cpp's OpenMP workers otherwise spin while waiting,
+    # which on a shared, oversubscribed machine distorts every timing here.
+    env = {**os.environ, "UNITE_DEEPEN_MEMORY_GIB": str(args.deepen_gib), "OMP_WAIT_POLICY": "PASSIVE"}
     rows = []
+    load_start = os.getloadavg()
     for method in args.methods.split(","):
         print(f"[bench] {method} ...", file=sys.stderr, flush=True)
         cmd = [sys.executable, __file__, "--child", method, "--tokens", str(args.tokens), "--prompts", str(args.prompts)]
@@ -187,6 +191,7 @@ def main() -> None:
         "prompts": args.prompts,
         "deepen_gib": args.deepen_gib,
         "threads": args.threads,
+        "load_avg_start": load_start,
         "load_avg_end": os.getloadavg(),
     }
     out = Path(args.out)
