@@ -136,7 +136,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_methods() -> None:
     gac = _cli("generate", "--method", "gac", "-n", "3", "--n-ctx", "512", "--json", PROMPT)
     assert gac.returncode == 0, gac.stderr
-    assert '"aligned": 258775' in gac.stdout
+    assert '"aligned": 258775' in gac.stdout and '"method": "gac"' in gac.stdout
     rank = _cli("generate", "--method", "rank", "-n", "3", "--n-ctx", "512", PROMPT)
     assert rank.returncode == 0 and rank.stdout.strip(), rank.stderr
     full = _cli("generate", "--method", "deepen", "-n", "2", "--n-ctx", "512", PROMPT)
