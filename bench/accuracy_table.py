@@ -37,17 +37,24 @@ def load(folder: Path) -> dict[str, dict[str, dict[str, dict]]]:
 
 
 def table(data: dict[str, dict[str, dict[str, dict]]], title: str) -> tuple[str, dict]:
-    systems = sorted({s for per in data.values() for s in per}, key=lambda s: (not s.startswith(("smollm2", "gemma")), s))
+    systems = sorted({s for per in data.values() for s in per}, key=lambda s: ("(" in s, not s.startswith("unite("), s))
     summary: dict = {}
-    header = "| task | N | " + " | ".join(systems) + " |"
+    header = "| task | N | " + " | ".join(s.split("(")[0] for s in systems) + " |"
     lines = [f"# {title}", "", header, "|---|---:|" + "---:|" * len(systems)]
     for task, per in sorted(data.items()):
-        common = set.intersection(*(set(r) for r in per.values())) if len(per) == len(systems) else set()
+        most = max(len(r) for r in per.values())
+        # A system that finished under half of what the others did is left out (shown with
+        # its count) rather than shrinking every other system's N.
+        kept = [s for s in systems if len(per.get(s, {})) * 2 >= most and per.get(s)]
+        common = set.intersection(*(set(per[s]) for s in kept)) if kept else set()
         if not common:
             continue
         row = [task, str(len(common))]
         summary[task] = {"n": len(common), "systems": {}}
         for s in systems:
+            if s not in kept:
+                row.append(f"- ({len(per.get(s, {}))} done)")
+                continue
             recs = [per[s][i] for i in sorted(common)]
             k = sum(r["correct"] for r in recs)
             lo, hi = wilson_interval(k, len(recs))
@@ -56,6 +63,8 @@ def table(data: dict[str, dict[str, dict[str, dict]]], title: str) -> tuple[str,
             row.append(f"{100 * k / len(recs):.0f} ({sec:.1f}s)")
         lines.append("| " + " | ".join(row) + " |")
     lines += [
+        "",
+        "Systems: " + "; ".join(systems) + ".",
         "",
         "Cells: accuracy % on the N items every system finished (mean seconds per item). With N this small the",
         "95 % Wilson intervals (in summary_common.json) span tens of points: differences here are not significant.",
