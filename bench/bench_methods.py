@@ -6,6 +6,8 @@ prompts, and reports:
 
 * decode time per output token (ms; prefill excluded; rank: both members' whole
   generations plus the cross-scoring, per token of the answer returned),
+* the ensembling step alone (ms per step inside the step method: what the method
+  changes; the members' forward passes are the same for every method),
 * tokens aligned per step (UniTE: the union; GaC: the whole union vocabulary; DeePEn:
   every token of every member, mapped into the relative space),
 * peak resident memory of the process (``ru_maxrss``; a fresh process per method, so
@@ -42,6 +44,30 @@ PAIR = ["smollm2-135m-instruct", "gemma3-270m"]
 METHODS = ["smollm2-135m-instruct", "gemma3-270m", "unite", "gac", "packllm", "deepen", "deepen-fit", "rank"]
 
 
+class TimedStep:
+    """Wraps a step method to time the ensembling step alone (no model forward passes).
+
+    Attribute look-ups fall through to the method, so the engine's optional hooks
+    (``prepare``, ``generate``) are seen exactly as on the method itself.
+    """
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.seconds = 0.0
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        t0 = time.perf_counter()
+        try:
+            return self.inner(*args, **kwargs)  # type: ignore[operator]
+        finally:
+            self.seconds += time.perf_counter() - t0
+            self.calls += 1
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
@@ -57,10 +83,13 @@ def child(method: str, tokens: int, n_prompts: int, n_ctx: int, threads: int) ->
     ens = Ensemble.load([method] if single else PAIR, method="unite" if single else method, n_ctx=n_ctx, n_threads=threads)
     load_s = time.perf_counter() - t0
     rss_loaded = current_rss() / 2**20
+    timed = TimedStep(ens.method)
+    ens.method = timed  # type: ignore[assignment]
     row: dict = {"method": method, "members": ens.names, "load_s": load_s, "rss_after_load_mib": rss_loaded}
     runs = []
     try:
         for i, prompt in enumerate(PROMPTS[:n_prompts]):
+            timed.seconds, timed.calls = 0.0, 0
             t0 = time.perf_counter()
             out = ens.generate(prompt, max_new_tokens=tokens, ignore_eos=True)
             wall = time.perf_counter() - t0
@@ -74,12 +103,14 @@ def child(method: str, tokens: int, n_prompts: int, n_ctx: int, threads: int) ->
                     "prepare_s": t.prepare_s,
                     "wall_s": wall,
                     "aligned_mean": sum(s.aligned for s in out.steps) / max(len(out.steps), 1),
+                    "step_ms": 1000 * timed.seconds / timed.calls if timed.calls else None,
                     "text": out.text,
                 }
             )
     except UniteError as err:
         row["error"] = f"{type(err).__name__}: {err}"
-    row["name"] = ens.method.name
+    row["name"] = timed.inner.name  # type: ignore[attr-defined]
+    ens.method = timed.inner  # type: ignore[assignment]
     row["peak_rss_mib"] = peak_rss_mib()
     if runs:
         row["runs"] = runs
@@ -88,6 +119,8 @@ def child(method: str, tokens: int, n_prompts: int, n_ctx: int, threads: int) ->
         row["decode_ms_per_token"] = sum(r["decode_ms_per_token"] for r in later) / len(later)
         row["aligned_per_step"] = sum(r["aligned_mean"] for r in runs) / len(runs)
         row["per_prompt_prepare_s"] = sum(r["prepare_s"] for r in later) / len(later)
+        steps = [r["step_ms"] for r in later if r["step_ms"] is not None]
+        row["step_ms"] = sum(steps) / len(steps) if steps else None
     space = getattr(ens.method, "space", None)
     if space is not None:
         row["deepen_anchors"] = len(space.anchors)
@@ -96,6 +129,10 @@ def child(method: str, tokens: int, n_prompts: int, n_ctx: int, threads: int) ->
         row["deepen_setup_rss_delta_mib"] = ens.method.setup_rss_delta / 2**20
     ens.close()
     return row
+
+
+def fmt(ms: float | None) -> str:
+    return "-" if ms is None else f"{ms:.2f}"
 
 
 def table(rows: list[dict], meta: dict) -> str:
@@ -109,15 +146,19 @@ def table(rows: list[dict], meta: dict) -> str:
         f"Load average {meta['load_avg_start'][0]:.1f} at start, {meta['load_avg_end'][0]:.1f} at end. "
         "For single members and rank, 'aligned' is the member's own top-k (nothing crosses vocabularies).",
         "",
-        "| method | runs as | decode ms/token | tokens aligned/step | peak RSS MiB | RSS after load MiB | one-time set-up s |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| method | runs as | decode ms/token | ensembling step ms | tokens aligned/step | peak RSS MiB |"
+        " RSS after load MiB | one-time set-up s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if "error" in r and "runs" not in r:
-            lines.append(f"| {r['method']} | (failed) | - | - | {r['peak_rss_mib']:.0f} | {r['rss_after_load_mib']:.0f} | - |")
+            lines.append(
+                f"| {r['method']} | (failed) | - | - | - | {r['peak_rss_mib']:.0f} | {r['rss_after_load_mib']:.0f} | - |"
+            )
             continue
         lines.append(
-            f"| {r['method']} | {r['name']} | {r['decode_ms_per_token']:.1f} | {r['aligned_per_step']:,.0f} | "
+            f"| {r['method']} | {r['name']} | {r['decode_ms_per_token']:.1f} | {fmt(r.get('step_ms'))} | "
+            f"{r['aligned_per_step']:,.0f} | "
             f"{r['peak_rss_mib']:.0f} | {r['rss_after_load_mib']:.0f} | {r['setup_s']:.2f} |"
         )
     errors = [r for r in rows if "error" in r]
@@ -132,8 +173,12 @@ def table(rows: list[dict], meta: dict) -> str:
             b = by.get(m)
             if not b:
                 continue
+            step = ""
+            if b.get("step_ms") and u.get("step_ms"):
+                step = f"ensembling step {b['step_ms'] / u['step_ms']:,.1f}x ({b['step_ms']:.2f} vs {u['step_ms']:.2f} ms), "
             lines.append(
-                f"* vs **{b['name']}**: decode {b['decode_ms_per_token'] / u['decode_ms_per_token']:.2f}x the time per token "
+                f"* vs **{b['name']}**: {step}decode {b['decode_ms_per_token'] / u['decode_ms_per_token']:.2f}x "
+                "the time per token "
                 f"({b['decode_ms_per_token']:.1f} vs {u['decode_ms_per_token']:.1f} ms), "
                 f"{b['aligned_per_step'] / max(u['aligned_per_step'], 1e-9):,.0f}x the tokens aligned per step, "
                 f"peak RSS {b['peak_rss_mib'] / u['peak_rss_mib']:.2f}x "
