@@ -13,7 +13,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,hf,eval,distributed,serve]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,hf,eval,distributed,serve,baselines]'
 	rm -f $(VENV)/.installed-*; touch $@
 
 run: $(STAMP)

@@ -57,6 +57,8 @@ class StepRecord:
     approximated: list[str] = field(default_factory=list)
     """``"member: candidate"`` for each probability a remote member could only bound
     (see :mod:`unite_llm.members.openai`); empty when every number is exact."""
+    aligned: int = 0
+    """Tokens the step method aligned across vocabularies (UniTE: the union; GaC: the whole union vocabulary)."""
 
     def to_dict(self, *, full: bool = False) -> dict[str, Any]:
         d = asdict(self)
@@ -74,6 +76,8 @@ class Timing:
     members_s: float = 0.0
     """Of ``decode_s``, the time spent inside the members (their forward passes); the
     rest is the ensemble's own overhead (step method, choice, re-tokenization)."""
+    prepare_s: float = 0.0
+    """Time in the step method's ``prepare`` hook (vocabulary maps on first use, per-prompt weights)."""
 
     @property
     def step_ms(self) -> float:
@@ -281,6 +285,11 @@ class Ensemble:
             config = GenerationConfig(**kwargs)
         elif kwargs:
             config = replace(config, **kwargs)
+        respond = getattr(self.method, "generate", None)
+        if respond is not None:  # a response-level method (rank) runs whole generations itself
+            out = respond(self, prompt, config, chat=chat)
+            yield StreamChunk(out.text, out.steps[-1] if out.steps else None, out)
+            return
         tracks = [start_track(m, prompt, chat=chat) for m in self.members]
         yield from self._decode(tracks, config)
 
@@ -353,6 +362,7 @@ class Ensemble:
             union_size=len(dist.candidates),
             member_probs={n: float(dist.member_probs[i, choice]) for i, n in enumerate(names)},
             union=union,
+            aligned=dist.aligned,
         )
 
     def _append(self, tracks: list[TokenTrack], candidate: bytes, logits: Sequence[Any]) -> bytes:
@@ -390,6 +400,11 @@ class Ensemble:
         steps: list[StepRecord] = []
         finish, stop_reason = "length", None
 
+        prepare = getattr(self.method, "prepare", None)
+        if prepare is not None:  # optional hook: set-up that needs the members or the prompt
+            t0 = time.perf_counter()
+            prepare(self, tracks)
+            timing.prepare_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         logits = self._forward([t.tokens for t in tracks])
         timing.prefill_s = time.perf_counter() - t0

@@ -33,7 +33,9 @@ def generate(
     config: ConfigOpt = None,
     k: Annotated[Optional[int], typer.Option("--k", help="Top-k per member (paper: 10).")] = None,
     weights: Annotated[Optional[str], typer.Option(help="Comma-separated member weights, e.g. 0.6,0.4.")] = None,
-    method: Annotated[Optional[str], typer.Option(help="Step method (unite).")] = None,
+    method: Annotated[
+        Optional[str], typer.Option(help="Method: unite (default), gac, deepen, deepen-fit, packllm, rank.")
+    ] = None,
     primary: Annotated[Optional[str], typer.Option(help="Primary member: output follows its tokens.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n")] = 128,
     temperature: float = 0.0,
@@ -89,7 +91,9 @@ def generate(
     with ens:
         if as_json:
             out = ens.generate(prompt_in, gen, chat=chat)
-            typer.echo(json.dumps({"members": ens.names, **out.to_dict(full=explain)}, ensure_ascii=False))
+            typer.echo(
+                json.dumps({"members": ens.names, "method": ens.method.name, **out.to_dict(full=explain)}, ensure_ascii=False)
+            )
             return
         last = None
         for chunk in ens.stream(prompt_in, gen, chat=chat):
@@ -99,7 +103,9 @@ def generate(
         sys.stdout.write("\n")
         if verbose and last is not None and last.output is not None:
             t = last.output.timing
-            summary = f"{t.steps} steps, {t.step_ms:.1f} ms/step, load {t.load_s:.2f}s, prefill {t.prefill_s:.2f}s"
+            summary = (
+                f"{ens.method.name}: {t.steps} steps, {t.step_ms:.1f} ms/step, load {t.load_s:.2f}s, prefill {t.prefill_s:.2f}s"
+            )
             typer.echo(f"[{last.output.finish_reason}] {summary}", err=True)
 
 

@@ -105,3 +105,21 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def token_logprobs(member: Member, tokens: Sequence[int], start: int = 1) -> np.ndarray:
+    """Log-probability of each of ``tokens[start:]`` under ``member``, given what precedes it.
+
+    PackLLM weighs members by their perplexity on the prompt and the response-level
+    ranker scores whole answers, so both need per-position log-likelihoods.  A member
+    may provide an optional ``score(tokens, start)`` that does this in one batched pass
+    (:class:`~unite_llm.members.llama_cpp.LlamaCppMember` does); any other member falls
+    back to ``next_logits`` one position at a time, which is correct but slower.
+    """
+    scorer = getattr(member, "score", None)
+    if scorer is not None:
+        return np.asarray(scorer(tokens, start), dtype=np.float64)
+    out = np.empty(len(tokens) - start, dtype=np.float64)
+    for target in range(start, len(tokens)):
+        out[target - start] = log_softmax(member.next_logits(tokens[:target]))[tokens[target]]
+    return out

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ContextLengthError
+from ..errors import ContextLengthError, InvalidConfigError
 from ..models import resolve_gguf
 from ..prompts import builtin_chat_template
 from ..vocab import ByteVocab
 from .base import common_prefix
 
 DEFAULT_N_CTX = 4096
+_SCORE_CHUNK = 32  # positions scored per llama.cpp batch (bounds the logits buffer)
 
 
 _log_callback = None
@@ -163,6 +164,66 @@ class LlamaCppMember:
         self._context = list(context)
         ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+
+    def score(self, tokens: Sequence[int], start: int = 1) -> np.ndarray:
+        """Log-probability of each of ``tokens[start:]`` given the tokens before it.
+
+        One pass with logits requested at every position, in chunks of ``_SCORE_CHUNK``
+        so the output buffer stays small (32 x 262k floats for Gemma) instead of the
+        ``n_ctx x n_vocab`` array that ``logits_all=True`` would keep for the model's
+        lifetime.  The KV cache is reused and left holding ``tokens``, so a following
+        ``next_logits(tokens)`` evaluates nothing new but the last token.
+        """
+        import llama_cpp
+
+        tokens = list(tokens)
+        if not 1 <= start <= len(tokens):
+            raise ValueError(f"start must be in [1, {len(tokens)}], got {start}")
+        if len(tokens) > self.n_ctx:
+            raise ContextLengthError(f"{self.name}: {len(tokens)} tokens do not fit its context window of {self.n_ctx}")
+        keep = min(common_prefix(self._context, tokens), start - 1)
+        self.llm._ctx.kv_cache_seq_rm(-1, keep, -1)
+        self.llm.n_tokens = keep
+        out = np.empty(len(tokens) - start, dtype=np.float64)
+        chunk = min(_SCORE_CHUNK, self.llm.n_batch)
+        pos = keep
+        while pos < len(tokens) - 1:  # positions start-1 .. len-2 predict tokens start .. len-1
+            batch = tokens[pos : min(pos + chunk, len(tokens) - 1)]
+            self.llm._batch.set_batch(batch=batch, n_past=pos, logits_all=True)
+            self.llm._ctx.decode(self.llm._batch)
+            self.n_evaluated += len(batch)
+            for j in range(len(batch)):
+                target = pos + j + 1  # the token these logits predict
+                if start <= target < len(tokens):
+                    ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, j)
+                    row = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).astype(np.float64)
+                    top = row.max()
+                    out[target - start] = row[tokens[target]] - top - np.log(np.exp(row - top).sum())
+            pos += len(batch)
+        self.llm.n_tokens = pos
+        self.llm.input_ids[:pos] = tokens[:pos]
+        self._context = tokens[:pos]
+        return out
+
+    def token_embeddings(self) -> np.ndarray:
+        """The input token-embedding matrix ``[n_vocab, d]`` (float32), dequantized from the GGUF.
+
+        DeePEn builds its relative representations from these.  Read with the ``gguf``
+        package (llama.cpp's own reader), not through the running model.
+        """
+        try:
+            from gguf import GGUFReader
+            from gguf.quants import dequantize
+        except ImportError:
+            raise InvalidConfigError(
+                "reading token embeddings needs the gguf package: pip install 'unite-llm[baselines]'"
+            ) from None
+        reader = GGUFReader(str(self.path))
+        for tensor in reader.tensors:
+            if tensor.name == "token_embd.weight":
+                emb = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+                return emb.reshape(self._n_vocab, -1)
+        raise InvalidConfigError(f"{self.path} has no token_embd.weight tensor")
 
     def close(self) -> None:
         self.llm.close()

@@ -76,7 +76,17 @@ class StepDistribution:
 
 
 class StepMethod(Protocol):
-    """A per-step ensembling rule (UniTE, GaC, ...)."""
+    """A per-step ensembling rule (UniTE, GaC, ...).
+
+    Two optional hooks, looked up with ``getattr`` by :class:`~unite_llm.engine.Ensemble`:
+
+    * ``prepare(ensemble, tracks)``: called once per generation after the prompt is
+      tokenized and before prefill, with the ensemble and each member's token track.
+      GaC and DeePEn build their vocabulary maps there (cached across generations),
+      PackLLM computes its per-prompt weights; the time goes to ``Timing.prepare_s``.
+    * ``generate(ensemble, prompt, config, *, chat)``: a *response-level* method (rank)
+      that produces whole answers itself; ``Ensemble.generate/stream`` hand over to it.
+    """
 
     name: str
 

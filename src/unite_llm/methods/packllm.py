@@ -1,0 +1,83 @@
+"""PackLLM-sim: per-prompt member weights from perplexity (Mavromatis et al. 2024,
+"Pack of LLMs: Model Fusion at Test-Time via Perplexity Optimization"), used as UniTE weights.
+
+PackLLM's "sim" variant weighs each member by how well it understands *this* prompt::
+
+    log PPL_i = - mean_t log p_i(x_t | x_<t)        over the prompt's tokens (member's own)
+    w_i       = softmax_i(- log PPL_i / tau)
+
+and fuses with those weights.  Here the fusion is UniTE's step (PackLLM's own fusion
+needs shared tokens; UniTE is what unites different tokenizers in this engine), so the
+comparison isolates the weighting.  ``per="byte"`` normalises by the prompt's bytes
+instead of tokens (bits per byte), which does not favour a tokenizer that cuts the text
+into many easy pieces; ``per="token"`` (default) is the paper's.
+
+The weights are computed in the ``prepare`` hook, once per generation, with each
+member's log-likelihoods (:func:`~unite_llm.members.base.token_logprobs`: one batched
+pass on llama.cpp, whose KV cache is then reused by prefill).  The engine's weights are
+ignored; the ones used are kept in ``last_weights`` and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..errors import InvalidConfigError
+from ..members.base import token_logprobs
+from .base import MemberScores, StepDistribution
+from .unite import UniTE
+
+log = logging.getLogger("unite_llm")
+
+
+def packllm_weights(log_ppl: Sequence[float], tau: float = 1.0) -> np.ndarray:
+    """``softmax(-log_ppl / tau)``: lower perplexity, higher weight."""
+    if tau <= 0:
+        raise InvalidConfigError(f"tau must be > 0, got {tau}")
+    x = -np.asarray(log_ppl, dtype=np.float64) / tau
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def prompt_log_ppl(logprobs: np.ndarray, n_bytes: int, per: str = "token") -> float:
+    """Mean negative log-likelihood per token (or per byte) of a scored prompt."""
+    if logprobs.size == 0:
+        return 0.0
+    denom = logprobs.size if per == "token" else max(n_bytes, 1)
+    return float(-logprobs.sum() / denom)
+
+
+class PackLLM(UniTE):
+    """UniTE with per-prompt PackLLM-sim weights."""
+
+    name = "packllm"
+
+    def __init__(self, k: int = 10, tau: float = 1.0, per: str = "token") -> None:
+        super().__init__(k=k)
+        if per not in ("token", "byte"):
+            raise InvalidConfigError(f"per must be 'token' or 'byte', got {per!r}")
+        packllm_weights([0.0], tau)  # validates tau
+        self.tau = tau
+        self.per = per
+        self.last_weights: np.ndarray | None = None
+        self.last_log_ppl: list[float] = []
+
+    def prepare(self, ensemble: object, tracks: Sequence[object]) -> None:
+        """Score the prompt with every member and set this generation's weights."""
+        members = ensemble.members  # type: ignore[attr-defined]
+        log_ppl = []
+        for member, track in zip(members, tracks):
+            tokens = track.tokens  # type: ignore[attr-defined]
+            lp = token_logprobs(member, tokens, 1) if len(tokens) > 1 else np.zeros(0)
+            n_bytes = len(member.vocab.decode(tokens[1:]))
+            log_ppl.append(prompt_log_ppl(lp, n_bytes, self.per))
+        self.last_log_ppl = log_ppl
+        self.last_weights = packllm_weights(log_ppl, self.tau)
+        log.info("packllm: log-ppl %s -> weights %s", np.round(log_ppl, 3).tolist(), np.round(self.last_weights, 3).tolist())
+
+    def __call__(self, members: Sequence[MemberScores], weights: np.ndarray, *, ignore_eos: bool = False) -> StepDistribution:
+        w = self.last_weights if self.last_weights is not None and len(self.last_weights) == len(members) else weights
+        return super().__call__(members, w, ignore_eos=ignore_eos)
