@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import llama_cpp
 import numpy as np
 import pytest
 
@@ -31,9 +32,13 @@ def test_score_matches_a_fresh_prefill_per_position(real_member) -> None:
     tokens = real_member.tokenize(b"The capital of France is Paris. It is on the Seine.", add_bos=True)
     batched = real_member.score(tokens, 2)
     fresh = []
+    llm = real_member.llm
     for t in range(2, len(tokens)):
-        real_member._context = []  # forget the KV cache: the prefix is evaluated in one batch
-        fresh.append(log_softmax(real_member.next_logits(tokens[:t]))[tokens[t]])
+        llm.reset()  # the whole prefix in one batch, logits read from its end (batched kernels)
+        llm.eval(tokens[:t])
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))
+        fresh.append(log_softmax(logits)[tokens[t]])
+    real_member._context = []
     diff = np.abs(batched - np.array(fresh))
     assert batched.shape == diff.shape == (len(tokens) - 2,)
     assert np.mean(diff < 1e-4) >= 0.5 and np.mean(diff) < 0.03

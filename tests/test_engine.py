@@ -166,3 +166,15 @@ def test_bad_settings_and_input_raise_clear_errors(smol, gemma):
         ens.generate("word " * 3000, max_new_tokens=1)
     with pytest.raises(InvalidConfigError, match="temperature"):
         ens.generate("x", temperature=-1)
+
+
+def test_without_prefix_cache_every_generation_starts_cold(smol, gemma):
+    ens = Ensemble([smol, gemma], prefix_cache=False)
+    prompt = "The three primary colours are"
+    first = ens.generate(prompt, max_new_tokens=6)
+    ens.generate("A completely different history: 1, 2, 3, 4,", max_new_tokens=6)
+    before = [m.n_evaluated for m in ens.members]
+    again = ens.generate(prompt, max_new_tokens=6)
+    assert again.output_bytes == first.output_bytes
+    for m, b, n_prompt in zip(ens.members, before, again.prompt_tokens.values()):
+        assert m.n_evaluated - b >= n_prompt  # the whole prompt was evaluated again, not reused

@@ -29,6 +29,7 @@ import numpy as np
 
 from .errors import InvalidConfigError
 from .members import Member, forward_rows, load_member, split_spec, supports_batch
+from .members.base import reset_cache
 from .methods import make_method
 from .methods.base import END, MemberScores, StepDistribution, StepMethod, candidate_text
 from .models import DEFAULT_ENSEMBLE
@@ -152,6 +153,7 @@ class Ensemble:
         primary: str | int | None = None,
         load_s: float = 0.0,
         parallel: bool | None = None,
+        prefix_cache: bool = True,
     ) -> None:
         if not members:
             raise InvalidConfigError("an ensemble needs at least one member")
@@ -171,6 +173,10 @@ class Ensemble:
         # default on whenever there is more than one member to overlap.
         self.parallel = len(self.members) > 1 if parallel is None else bool(parallel)
         self._pool: ThreadPoolExecutor | None = None
+        # Keep each member's KV cache across generations (a shared few-shot prefix is
+        # evaluated once).  Off: every generation starts cold, so its output depends on its
+        # prompt alone, not on what ran before (see members.base.reset_cache).
+        self.prefix_cache = prefix_cache
         self._subtoken_cache: list[dict[bytes, int | None]] = [{} for _ in members]
 
     @classmethod
@@ -184,6 +190,7 @@ class Ensemble:
         primary: str | int | None = None,
         parallel: bool | None = None,
         ray_address: str | None = None,
+        prefix_cache: bool = True,
         **member_options: Any,
     ) -> Ensemble:
         """Load members from spec strings (``.gguf`` paths, aliases, ``prefix:...``).
@@ -191,7 +198,8 @@ class Ensemble:
         ``parallel`` steps members in threads (default: when there are several);
         in-process llama.cpp members then split the CPU cores between them unless
         ``n_threads`` is given.  ``ray_address`` joins that Ray cluster for ``ray:``
-        members (default: a local one, started on first use).
+        members (default: a local one, started on first use).  ``prefix_cache=False``
+        starts every generation from a cold KV cache (output independent of history).
         """
         make_method(method, k=k)  # validate settings before the slow part
         if ray_address is not None:
@@ -213,7 +221,14 @@ class Ensemble:
                 m.close()
             raise
         return cls(
-            members, weights=weights, k=k, method=method, primary=primary, load_s=time.perf_counter() - t0, parallel=parallel
+            members,
+            weights=weights,
+            k=k,
+            method=method,
+            primary=primary,
+            load_s=time.perf_counter() - t0,
+            parallel=parallel,
+            prefix_cache=prefix_cache,
         )
 
     @classmethod
@@ -399,6 +414,9 @@ class Ensemble:
         emitted = 0
         steps: list[StepRecord] = []
         finish, stop_reason = "length", None
+        if not self.prefix_cache:
+            for m in self.members:
+                reset_cache(m)
 
         prepare = getattr(self.method, "prepare", None)
         if prepare is not None:  # optional hook: set-up that needs the members or the prompt

@@ -59,7 +59,9 @@ class LiveServer:
 
 @pytest.fixture(scope="session")
 def server(smol, gemma) -> LiveServer:
-    ens = Ensemble([smol, gemma])
+    # Cold prompt evaluation per request: each answer depends on its prompt alone, so the
+    # tests can compare the server's answers with fresh ones (see members.base.reset_cache).
+    ens = Ensemble([smol, gemma], prefix_cache=False)
     app = create_app(ens, "unite-test", max_queue=MAX_QUEUE, default_max_tokens=32)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

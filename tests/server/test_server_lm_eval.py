@@ -101,7 +101,10 @@ def test_lm_eval_against_server(server, task_dir, chat):
     for s in samples:
         ((context, gen),) = s["arguments"]
         # In chat mode the harness sends the context as the content of one user message.
-        prompt = json.loads(getattr(context, "prompt", context))[-1]["content"] if chat else context
+        raw = getattr(context, "prompt", context)
+        if isinstance(raw, tuple | list) and len(raw) == 1:  # some lm-eval versions wrap it
+            raw = raw[0]
+        prompt = json.loads(raw)[-1]["content"] if chat else raw
         want = server.generate(
             [{"role": "user", "content": prompt}] if chat else prompt,
             chat=chat,

@@ -31,6 +31,10 @@ def serve(
     default_max_tokens: Annotated[
         int, typer.Option("--default-max-tokens", help="Completion length when a request sets no max_tokens (chat).")
     ] = 512,
+    prefix_cache: Annotated[
+        bool,
+        typer.Option(help="Keep KV caches across requests (faster); off, each answer depends on its prompt alone."),
+    ] = True,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log every step to stderr.")] = False,
 ) -> None:
     """Serve the ensemble with an OpenAI-compatible API (/v1/completions, /v1/chat/completions) and a playground at /."""
@@ -46,6 +50,7 @@ def serve(
         raise InvalidConfigError(f"--max-queue must be >= 1, got {max_queue}")
     setup_logging(verbose)
     ens, _cfg = build_ensemble(model, config, k=k, weights=weights, method=method, primary=primary, n_ctx=n_ctx, threads=threads)
+    ens.prefix_cache = prefix_cache
     api = create_app(ens, model_name, max_queue=max_queue, default_max_tokens=default_max_tokens, close_ensemble=True)
     typer.echo(f"serving {api.state.model_name} on http://{host}:{port}  (playground: http://{host}:{port}/)", err=True)
     uvicorn.run(api, host=host, port=port, log_level="info" if verbose else "warning")

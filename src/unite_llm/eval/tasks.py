@@ -221,7 +221,11 @@ def load_records(sources: list[DataSource], base_dirs: list[Path], what: str) ->
             except ImportError:
                 tried.append(f"hf:{src.hf.get('path')} (the optional `datasets` package is not installed)")
                 continue
-            records, where = [dict(r) for r in datasets.load_dataset(**src.hf)], f"hf:{src.hf}"
+            try:
+                records, where = [dict(r) for r in datasets.load_dataset(**src.hf)], f"hf:{src.hf}"
+            except Exception as err:
+                tried.append(f"hf:{src.hf.get('path')} ({type(err).__name__}: {err})")
+                continue
         if records is None:
             continue
         for i, r in enumerate(records):

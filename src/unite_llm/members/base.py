@@ -62,6 +62,19 @@ class Member(Protocol):
         ...
 
 
+def reset_cache(member: Member) -> None:
+    """Forget a member's KV cache, where the backend can (optional ``reset()`` method).
+
+    Why: llama.cpp's batched and single-token kernels round differently, so logits after
+    reusing a prefix that was computed inside another batch can differ in the last bits
+    from a cold evaluation and flip a greedy near-tie.  Without prefix caching every
+    generation is a function of its prompt alone.
+    """
+    reset = getattr(member, "reset", None)
+    if reset is not None:
+        reset()
+
+
 @runtime_checkable
 class BatchMember(Member, Protocol):
     """A member that can also score many contexts in one forward pass (optional).

@@ -225,6 +225,11 @@ class LlamaCppMember:
                 return emb.reshape(self._n_vocab, -1)
         raise InvalidConfigError(f"{self.path} has no token_embd.weight tensor")
 
+    def reset(self) -> None:
+        """Forget the KV cache: the next context is evaluated from scratch."""
+        self.llm.reset()
+        self._context = []
+
     def close(self) -> None:
         self.llm.close()
 

@@ -252,6 +252,11 @@ class TransformersMember:
             backend.encode_special_tokens = False
         return list(ids)
 
+    def reset(self) -> None:
+        """Forget the KV cache: the next context is evaluated from scratch."""
+        self._cache = self._batch = None
+        self._context = []
+
     # -- scoring --------------------------------------------------------------------
 
     def _check(self, context: Sequence[int]) -> None:

@@ -43,6 +43,10 @@ class GatheredLogits:
     def __getitem__(self, tid: int) -> float:
         return self.values[int(tid)]
 
+    def at(self, ids: Any) -> list[float]:
+        """The scores of ``ids`` (the lookup :func:`~unite_llm.methods.base.logits_at` uses)."""
+        return [self.values[int(t)] for t in ids]
+
 
 def _is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch")
