@@ -157,6 +157,13 @@ class MemberActor:
         assert self.logits is not None
         return np.array(self.logits, dtype=np.float32)
 
+    def reset(self) -> None:
+        from .base import reset_cache
+
+        reset_cache(self.member)
+        self.context = []
+        self.logits = None
+
     def close(self) -> None:
         self.member.close()
 
@@ -265,6 +272,11 @@ class RayMember:
                 self._tokens.clear()
             self._tokens[key] = self._call("tokenize", key[0], add_bos, special)
         return list(self._tokens[key])
+
+    def reset(self) -> None:
+        """Forget the actor's KV cache (see :func:`unite_llm.members.base.reset_cache`)."""
+        self._call("reset")
+        self._sent = []
 
     def next_logits(self, context: Sequence[int]) -> RemoteLogits:
         from ..errors import ContextLengthError
