@@ -104,8 +104,8 @@ def test_stop_string_spanning_steps_is_not_emitted(pair):
     out = pair.generate("Count: 1, 2, 3, 4,", max_new_tokens=16, ignore_eos=True, stop=[stop])
     assert out.finish_reason == "stop" and out.stop_reason == stop
     assert out.text == free.text[: free.text.index(stop)]
-    # the stop string arrived in more than one step (" 6" then ",")
-    assert any(s.chosen == " " or s.chosen == "6" or s.chosen == " 6" for s in out.steps)
+    # no single step held the whole stop string: it was found across steps
+    assert not any(stop in s.chosen for s in out.steps)
     streamed = "".join(c.text for c in pair.stream("Count: 1, 2, 3, 4,", max_new_tokens=16, ignore_eos=True, stop=[stop]))
     assert streamed == out.text
 
