@@ -114,3 +114,15 @@ def test_bytes_a_member_cannot_spell_keep_the_track_consistent(smol):
     for chunk in [b" Paris", "\U00040000".encode(), b" and", b" more", b" text"]:
         assert track.append(chunk) == fresh(track)
     assert track.vocab.decode(track.tail) == track.text.replace(b"\xf1", b"")
+
+
+@given(st.lists(st.integers(0, 3), max_size=200), st.lists(st.integers(0, 3), max_size=200))
+def test_common_prefix_matches_a_plain_walk(a, b):
+    from unite_llm.members.base import common_prefix
+
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    assert common_prefix(a, b) == n
+    assert common_prefix(a, a + b) == len(a)
+    assert common_prefix(a * 40 + [9] + b, a * 40 + [8]) == 40 * len(a)

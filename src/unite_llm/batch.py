@@ -78,7 +78,7 @@ def decode_batch(ens: Ensemble, prompts: Sequence[Prompt], config: GenerationCon
     from .engine import GenerationOutput, Timing
 
     rows = [_Row([start_track(m, p, chat=chat) for m in ens.members], config) for p in prompts]
-    prompt_tokens = [{m.name: len(t.tokens) for m, t in zip(ens.members, r.tracks)} for r in rows]
+    prompt_tokens = [{m.name: len(t) for m, t in zip(ens.members, r.tracks)} for r in rows]
     stops = StopStrings(config.stop)
     n_members = len(ens.members)
 
@@ -116,7 +116,7 @@ def decode_batch(ens: Ensemble, prompts: Sequence[Prompt], config: GenerationCon
                 continue
             if index + 1 == config.max_new_tokens:
                 continue
-            if any(len(t.tokens) >= m.n_ctx for m, t in zip(ens.members, row.tracks)):
+            if any(len(t) >= m.n_ctx for m, t in zip(ens.members, row.tracks)):
                 continue  # a member's context is full: finish as "length"
             still.append(r)
         active = still

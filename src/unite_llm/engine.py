@@ -409,7 +409,7 @@ class Ensemble:
         rng = np.random.default_rng(config.seed)
         stops = StopStrings(config.stop)
         timing = Timing(load_s=self.load_s)
-        prompt_tokens = {m.name: len(t.tokens) for m, t in zip(self.members, tracks)}
+        prompt_tokens = {m.name: len(t) for m, t in zip(self.members, tracks)}
         output = b""
         emitted = 0
         steps: list[StepRecord] = []
@@ -455,7 +455,7 @@ class Ensemble:
             emitted = max(emitted, safe)
             if index + 1 == config.max_new_tokens:
                 break
-            if any(len(t.tokens) >= m.n_ctx for m, t in zip(self.members, tracks)):
+            if any(len(t) >= m.n_ctx for m, t in zip(self.members, tracks)):
                 break  # a member's context is full: finish as "length"
             t_fwd = time.perf_counter()
             logits = self._forward([t.tokens for t in tracks])

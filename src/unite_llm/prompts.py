@@ -70,9 +70,6 @@ def render_chat(member: Member, messages: Messages, *, add_generation_prompt: bo
         raise InvalidConfigError(f"{member.name} has no chat template; use raw completion (no --chat)")
     from jinja2.exceptions import TemplateError
 
-    for i, msg in enumerate(messages):
-        if "role" not in msg or "content" not in msg:
-            raise InvalidInputError(f"message {i} needs 'role' and 'content'")
     try:
         return _compile(member.chat_template).render(
             messages=list(messages),
@@ -89,7 +86,7 @@ def start_track(member: Member, prompt: Prompt, *, chat: bool, reserve: int = 1)
     if chat:
         messages: Messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str | bytes) else prompt
         for i, m in enumerate(messages):
-            if not isinstance(m, Mapping) or "content" not in m:
+            if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
                 raise InvalidInputError(f"message {i} needs 'role' and 'content'")
         messages = [{**m, "content": as_utf8(m["content"], f"message {i}").decode()} for i, m in enumerate(messages)]
         text = as_utf8(render_chat(member, messages))
@@ -104,7 +101,7 @@ def start_track(member: Member, prompt: Prompt, *, chat: bool, reserve: int = 1)
     last_control = max((i for i, t in enumerate(ids) if not pieces[t]), default=-1)
     frozen = ids[: last_control + 1]
     track = TokenTrack(member.vocab, member.tokenize, frozen, member.vocab.decode(ids[last_control + 1 :]))
-    n = len(track.tokens)
+    n = len(track)
     if n == 0:
         raise InvalidInputError(f"the prompt is empty and {member.name} has no BOS token to start from")
     if n + reserve > member.n_ctx:

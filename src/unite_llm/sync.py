@@ -16,11 +16,7 @@ check the result against fresh tokenization on the real tokenizers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from .vocab import ByteVocab
-
-Tokenize = Callable[[bytes], list[int]]
+from .vocab import ByteVocab, Tokenize
 
 
 class TokenTrack:
@@ -54,6 +50,9 @@ class TokenTrack:
     @property
     def tokens(self) -> list[int]:
         return self.frozen + self.tail
+
+    def __len__(self) -> int:
+        return len(self.frozen) + len(self.tail)
 
     def _offsets(self, ids: list[int], start: int) -> list[int]:
         ends, pos = [], start
