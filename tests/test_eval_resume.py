@@ -136,3 +136,37 @@ def test_changed_settings_are_refused(custom_task: Path, tmp_path: Path) -> None
     assert again.returncode == 2
     assert "holds results of other settings" in again.stderr and "max_new_tokens" in again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_changed_items_are_refused_and_overwrite_reruns_only_them(custom_task: Path, tmp_path: Path) -> None:
+    """Finished lines are checked item by item: a changed gold is caught, a no-op spec edit is not."""
+    out = tmp_path / "o"
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    jsonl = out / "capitals" / "smollm2-135m-instruct.jsonl"
+    subprocess.run([*_cmd(custom_task, out), "--limit", "2"], check=True, env=env, capture_output=True, timeout=300)
+    first = {r["id"]: r for r in map(json.loads, jsonl.read_text().splitlines())}
+    assert len(first) == 2
+
+    # A description (or another data source) changes no prompt and no gold: the run resumes.
+    custom_task.write_text("description: capitals of countries\n" + TASK_YAML)
+    subprocess.run([*_cmd(custom_task, out), "--limit", "2"], check=True, env=env, capture_output=True, timeout=300)
+    assert {r["id"]: r for r in map(json.loads, jsonl.read_text().splitlines())} == first
+
+    # The data file changes one finished item's gold: refused, naming the item.
+    changed = sorted(first)[0]
+    data = custom_task.parent / "capitals.jsonl"
+    data.write_text("".join(json.dumps({"country": c, "capital": "Lyon" if c == changed else k}) + "\n" for c, k in CAPITALS))
+    again = subprocess.run([*_cmd(custom_task, out), "--limit", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2, again.stderr
+    assert f"1 item(s) whose prompt or gold has changed since (first: id {changed})" in again.stderr
+    assert "Traceback" not in again.stderr
+
+    # --overwrite runs that item again and keeps the other finished line as it was.
+    subprocess.run(
+        [*_cmd(custom_task, out), "--limit", "2", "--overwrite"], check=True, env=env, capture_output=True, timeout=300
+    )
+    after = {r["id"]: r for r in map(json.loads, jsonl.read_text().splitlines())}
+    assert sorted(after) == sorted(first)
+    assert after[changed]["gold"] == "Lyon" and after[changed]["correct"] is False
+    (kept,) = set(first) - {changed}
+    assert after[kept] == first[kept]

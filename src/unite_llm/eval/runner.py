@@ -57,10 +57,18 @@ class System:
 
 
 def member_identity(m: Member) -> str:
-    """What a member is, for the run key: its name and model file when it has one."""
+    """What a member is, for the run key: its name and model file when it has one.
+
+    The file is named by its base name and size, not its full path, so a results folder
+    resumes from another checkout or virtual environment holding the same model file.
+    """
     path = getattr(m, "path", None)
+    if not path:
+        return m.name
     extra = getattr(m, "style", None)
-    return f"{m.name}|{path}|{extra}" if path else m.name
+    p = Path(path)
+    size = p.stat().st_size if p.is_file() else None
+    return f"{m.name}|{p.name}:{size}|{extra}"
 
 
 def single_system(member: Member, *, k: int = 10) -> System:
@@ -185,6 +193,23 @@ def _append(f: Any, record: dict[str, Any]) -> None:
     os.fsync(f.fileno())
 
 
+def prompt_id(item: Item) -> str:
+    return hashlib.sha256(item.prompt.encode()).hexdigest()[:12]
+
+
+def stale_results(done: dict[str, dict[str, Any]], items: Sequence[Item]) -> list[str]:
+    """Ids of finished lines that are not about this run's item: another prompt or gold.
+
+    A changed data file, template or few-shot block would otherwise mix old answers to
+    other prompts into the new summary without a word.
+    """
+    return [
+        it.id
+        for it in items
+        if it.id in done and (done[it.id].get("prompt_id") != prompt_id(it) or done[it.id].get("gold") != it.gold)
+    ]
+
+
 def run_item(task: Task, system: System, item: Item, gen: GenerationConfig) -> dict[str, Any]:
     """Generate, extract and score one item."""
     t0 = time.perf_counter()
@@ -195,7 +220,7 @@ def run_item(task: Task, system: System, item: Item, gen: GenerationConfig) -> d
     unions = [s.union_size for s in out.steps]
     return {
         "id": item.id,
-        "prompt_id": hashlib.sha256(item.prompt.encode()).hexdigest()[:12],
+        "prompt_id": prompt_id(item),
         "group": item.group,
         "output": out.text,
         "extracted": extracted,
@@ -235,7 +260,20 @@ def run_task(
     gen = GenerationConfig(max_new_tokens=max_new_tokens or task.max_new_tokens, stop=tuple(task.stop))
     with _locked_run(folder / f"{system.slug}.meta.json", meta, overwrite=overwrite):
         done = read_results(jsonl)
-        todo = [it for it in items if it.id not in done]
+        stale = stale_results(done, items)
+        if stale and not overwrite:
+            raise InvalidConfigError(
+                f"{jsonl} holds results for {len(stale)} item(s) whose prompt or gold has changed since "
+                f"(first: id {stale[0]}); use another --out or --overwrite"
+            )
+        if stale:  # --overwrite: those items run again; every other finished line is kept
+            for i in stale:
+                del done[i]
+            jsonl.write_bytes(b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode() for r in done.values()))
+        # Items sharing a few-shot prefix run back to back, so each member keeps that prefix in
+        # its KV cache (MMLU's per-subject shots, GSM8K's chain-of-thought examples); results are
+        # still returned and reported in item order.
+        todo = sorted((it for it in items if it.id not in done), key=lambda it: it.prompt)
         results = [done[it.id] for it in items if it.id in done]
         correct = sum(r["correct"] for r in results)
         bar = None

@@ -78,8 +78,9 @@ class FewShot(BaseModel):
     """A literal few-shot block (e.g. the paper's own prompt file, inlined)."""
     text_file: str | None = None
     """A file holding the literal block (relative like data paths)."""
-    source: DataSource | None = None
-    """Examples drawn from a data file and rendered with the task's prompt + ``answer``."""
+    source: DataSource | list[DataSource] | None = None
+    """Examples drawn from a data file (the first of a list that exists) and rendered with
+    the task's prompt + ``answer``."""
     examples: list[dict[str, Any]] | None = None
     n: int = 5
     match: str | None = None
@@ -203,6 +204,18 @@ def _resolve(path: str, base_dirs: list[Path]) -> Path | None:
     return None
 
 
+def _load_hub(datasets: Any, hf: dict[str, Any]) -> list[dict[str, Any]]:
+    """``datasets.load_dataset(**hf)``; a list of config names (CMMLU's 67 subjects) loads each.
+
+    Records of a multi-config load carry the config's name in ``_config``, as rows of a
+    folder of CSV files carry their file's name in ``_file``.
+    """
+    names = hf.get("name")
+    if not isinstance(names, list):
+        return [dict(r) for r in datasets.load_dataset(**hf)]
+    return [{**dict(r), "_config": n} for n in names for r in datasets.load_dataset(**{**hf, "name": n})]
+
+
 def load_records(sources: list[DataSource], base_dirs: list[Path], what: str) -> tuple[list[dict[str, Any]], str]:
     """Records from the first source that exists, with canonical fields added."""
     tried = []
@@ -222,7 +235,7 @@ def load_records(sources: list[DataSource], base_dirs: list[Path], what: str) ->
                 tried.append(f"hf:{src.hf.get('path')} (the optional `datasets` package is not installed)")
                 continue
             try:
-                records, where = [dict(r) for r in datasets.load_dataset(**src.hf)], f"hf:{src.hf}"
+                records, where = _load_hub(datasets, src.hf), f"hf:{src.hf}"
             except Exception as err:
                 tried.append(f"hf:{src.hf.get('path')} ({type(err).__name__}: {err})")
                 continue
@@ -318,8 +331,15 @@ class Task:
         return list(self.spec.generation.get("stop", []))
 
     def fingerprint(self) -> str:
-        """A hash of everything that changes results: the resolved spec and setting."""
-        blob = json.dumps(self.spec.model_dump(), sort_keys=True, ensure_ascii=False)
+        """A hash of how outputs are produced and scored: extraction, metric, generation.
+
+        What an item *is* (its prompt, few-shot block included, and its gold) is checked
+        item by item when a run resumes (``prompt_id`` and ``gold`` in each result line), so
+        an edit that leaves every prompt and gold as it was, such as another data source
+        or a description, does not invalidate finished results, and a changed data file does.
+        """
+        spec = self.spec.model_dump(include={"extract", "metric", "generation"})
+        blob = json.dumps(spec, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(f"{self.setting}\n{blob}".encode()).hexdigest()[:16]
 
     # -- items --
@@ -341,7 +361,8 @@ class Task:
             if fs.examples is not None:
                 pools["examples"] = [dict(e) for e in fs.examples]
             elif fs.source is not None:
-                pools["examples"], _ = load_records([fs.source], self.base_dirs, f"task {self.name} few-shot")
+                sources = fs.source if isinstance(fs.source, list) else [fs.source]
+                pools["examples"], _ = load_records(sources, self.base_dirs, f"task {self.name} few-shot")
             else:
                 pools["examples"] = []
         examples = pools["examples"]
