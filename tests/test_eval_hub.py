@@ -62,7 +62,7 @@ cache("google-research-datasets/nq_open", "default", {"validation": jsonl("nq_op
 cache("EleutherAI/lambada_openai", "default", {"test": jsonl("lambada/lambada_test.jsonl")})
 cache("cais/mmlu", "all", {"test": jsonl("mmlu/mmlu_test.jsonl"), "dev": jsonl("mmlu/mmlu_dev.jsonl")})
 labels = (data / "piqa/valid-labels.lst").read_text().split()
-cache("ybisk/piqa", "default", {"validation": [{**r, "label": int(l)} for r, l in zip(jsonl("piqa/valid.jsonl"), labels)]})
+cache("baber/piqa", "default", {"validation": [{**r, "label": int(l)} for r, l in zip(jsonl("piqa/valid.jsonl"), labels)]})
 for f in sorted((data / "cmmlu/test").glob("*.csv")):
     def rows(p):
         with p.open(encoding="utf-8", newline="") as fh:
