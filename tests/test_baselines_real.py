@@ -49,6 +49,24 @@ def test_score_matches_a_fresh_prefill_per_position(real_member) -> None:
     assert real_member.n_evaluated - n == 1
 
 
+def test_score_reuses_a_shared_prefix_scored_before(real_member) -> None:
+    """Two prompts with one few-shot block: the second is scored from where they part."""
+    shots = b"Q: What is the capital of Italy?\nA: Rome\n\nQ: What is the capital of Spain?\nA: Madrid\n\n"
+    first = real_member.tokenize(shots + b"Q: What is the capital of Peru?\nA:", add_bos=True)
+    second = real_member.tokenize(shots + b"Q: What is the capital of Chile?\nA:", add_bos=True)
+    shared = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
+    real_member.reset()
+    real_member.score(first, 1)
+    n = real_member.n_evaluated
+    warm = real_member.score(second, 1)
+    assert real_member.n_evaluated - n == len(second) - shared  # from the last shared position on
+    real_member.reset()
+    cold = real_member.score(second, 1)
+    assert not np.isnan(warm).any() and warm.shape == cold.shape
+    assert np.mean(np.abs(warm - cold)) < 0.03  # batched kernels round by chunk; same values otherwise
+    real_member.reset()
+
+
 def test_gac_real_step_is_the_full_union_argmax(smol, gemma) -> None:
     ens = Ensemble([smol, gemma], method=GaC(top=8))
     out = ens.generate(PROMPT, max_new_tokens=4)

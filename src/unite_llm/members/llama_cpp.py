@@ -118,6 +118,8 @@ class LlamaCppMember:
         self.eos_text = self._token_text(self.llm.token_eos())
         self.n_evaluated = 0
         self._context: list[int] = []
+        self._scored_tokens: list[int] = []  # the last sequence score() saw, and its
+        self._scored = np.zeros(0)  # per-position log-probabilities (NaN where not asked)
         self._n_vocab = n_vocab
 
     def _token_text(self, tid: int) -> str:
@@ -172,7 +174,8 @@ class LlamaCppMember:
         so the output buffer stays small (32 x 262k floats for Gemma) instead of the
         ``n_ctx x n_vocab`` array that ``logits_all=True`` would keep for the model's
         lifetime.  The KV cache is reused and left holding ``tokens``, so a following
-        ``next_logits(tokens)`` evaluates nothing new but the last token.
+        ``next_logits(tokens)`` evaluates nothing new but the last token; log-probabilities
+        of a shared prefix scored by the previous call are reused, not recomputed.
         """
         import llama_cpp
 
@@ -181,29 +184,39 @@ class LlamaCppMember:
             raise ValueError(f"start must be in [1, {len(tokens)}], got {start}")
         if len(tokens) > self.n_ctx:
             raise ContextLengthError(f"{self.name}: {len(tokens)} tokens do not fit its context window of {self.n_ctx}")
-        keep = min(common_prefix(self._context, tokens), start - 1)
+        # Log-probabilities scored before stay valid for every position whose preceding
+        # tokens are unchanged (an evaluation's prompts share their few-shot block), so
+        # scoring resumes at the first unknown target, from the logits of the position
+        # before it.
+        n = len(tokens)
+        same = min(common_prefix(self._scored_tokens, tokens), len(self._scored))
+        lp_all = np.full(n, np.nan)
+        lp_all[:same] = self._scored[:same]
+        resume = start
+        while resume < same and not np.isnan(lp_all[resume]):
+            resume += 1
+        keep = min(common_prefix(self._context, tokens), resume - 1)
         self.llm._ctx.kv_cache_seq_rm(-1, keep, -1)
         self.llm.n_tokens = keep
-        out = np.empty(len(tokens) - start, dtype=np.float64)
         chunk = min(_SCORE_CHUNK, self.llm.n_batch)
         pos = keep
-        while pos < len(tokens) - 1:  # positions start-1 .. len-2 predict tokens start .. len-1
-            batch = tokens[pos : min(pos + chunk, len(tokens) - 1)]
+        while pos < n - 1:  # the logits at positions pos .. predict tokens pos+1 ..
+            batch = tokens[pos : min(pos + chunk, n - 1)]
             self.llm._batch.set_batch(batch=batch, n_past=pos, logits_all=True)
             self.llm._ctx.decode(self.llm._batch)
             self.n_evaluated += len(batch)
-            for j in range(len(batch)):
-                target = pos + j + 1  # the token these logits predict
-                if start <= target < len(tokens):
-                    ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, j)
-                    row = np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).astype(np.float64)
-                    top = row.max()
-                    out[target - start] = row[tokens[target]] - top - np.log(np.exp(row - top).sum())
+            # One log-softmax over the chunk's rows (llama.cpp keeps them contiguous).
+            rows = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.llm.ctx), shape=(len(batch), self._n_vocab))
+            top = rows.max(axis=1).astype(np.float64)
+            lse = top + np.log(np.exp(rows - rows.max(axis=1, keepdims=True)).sum(axis=1, dtype=np.float64))
+            targets = np.arange(pos + 1, pos + 1 + len(batch))
+            lp_all[targets] = rows[np.arange(len(batch)), np.asarray(tokens)[targets]] - lse
             pos += len(batch)
         self.llm.n_tokens = pos
         self.llm.input_ids[:pos] = tokens[:pos]
         self._context = tokens[:pos]
-        return out
+        self._scored_tokens, self._scored = tokens, lp_all
+        return lp_all[start:].copy()
 
     def token_embeddings(self) -> np.ndarray:
         """The input token-embedding matrix ``[n_vocab, d]`` (float32), dequantized from the GGUF.
@@ -229,6 +242,7 @@ class LlamaCppMember:
         """Forget the KV cache: the next context is evaluated from scratch."""
         self.llm.reset()
         self._context = []
+        self._scored_tokens, self._scored = [], np.zeros(0)
 
     def close(self) -> None:
         self.llm.close()
