@@ -17,13 +17,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from unite_llm.eval.tasks import Task, default_datasets_dir
 
 DATA = default_datasets_dir()
-pytestmark = pytest.mark.skipif(not (DATA / "mmlu").is_dir(), reason="the shared datasets folder is not here")
 
 # Builds the hub cache from the shared copies, then prints every task's items as JSON.
 # It runs in a child process because `datasets` reads HF_HOME and HF_HUB_OFFLINE on import.
@@ -79,7 +79,8 @@ print(json.dumps(out))
 
 
 @pytest.fixture(scope="module")
-def hub_items(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[list]]:
+def hub_items(tmp_path_factory: pytest.TempPathFactory, datasets: Path) -> dict[str, list[list]]:
+    assert datasets.resolve() == DATA.resolve()  # the shared copies the cache is built from (the fixture fails if absent)
     tmp = tmp_path_factory.mktemp("hub")
     empty = tmp / "no-local-data"
     empty.mkdir()
