@@ -269,7 +269,10 @@ def run_task(
         if stale:  # --overwrite: those items run again; every other finished line is kept
             for i in stale:
                 del done[i]
-            jsonl.write_bytes(b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode() for r in done.values()))
+            target = jsonl.resolve()  # through a symlink (results shared between folders)
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_bytes(b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode() for r in done.values()))
+            os.replace(tmp, target)  # a kill leaves the old file or the new one, never half of either
         # Items sharing a few-shot prefix run back to back, so each member keeps that prefix in
         # its KV cache (MMLU's per-subject shots, GSM8K's chain-of-thought examples); results are
         # still returned and reported in item order.
