@@ -197,8 +197,8 @@ def table(rows: list[dict], meta: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="bench/results/methods.json")
-    ap.add_argument("--tokens", type=int, default=24)
-    ap.add_argument("--prompts", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--n-ctx", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=1, help="llama.cpp threads per member (1: stable on a busy machine)")
     ap.add_argument("--deepen-gib", type=float, default=8.0, help="DeePEn's memory budget (UNITE_DEEPEN_MEMORY_GIB)")
