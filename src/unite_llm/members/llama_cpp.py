@@ -208,7 +208,8 @@ class LlamaCppMember:
             # One log-softmax over the chunk's rows (llama.cpp keeps them contiguous).
             rows = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.llm.ctx), shape=(len(batch), self._n_vocab))
             top = rows.max(axis=1, keepdims=True)
-            lse = top[:, 0] + np.log(np.exp(rows - top).sum(axis=1, dtype=np.float64))
+            shifted = rows - top  # one temporary of the chunk's size, exponentiated in place
+            lse = top[:, 0] + np.log(np.exp(shifted, out=shifted).sum(axis=1, dtype=np.float64))
             targets = np.arange(pos + 1, pos + 1 + len(batch))
             lp_all[targets] = rows[np.arange(len(batch)), np.asarray(tokens)[targets]] - lse
             pos += len(batch)
