@@ -14,7 +14,7 @@ setup: $(STAMP)
 # on AMX CPUs under some hypervisors (seen: Firecracker VMs) they die with a general protection
 # fault at the first decode, and they would make outputs depend on the host.  GCC's explicit
 # -mno-* flags win over -march=native.  pip's wheel cache cannot tell builds apart by flags,
-# so this one build bypasses it; a marker keeps it to once per venv and llama.cpp version.
+# so this one build bypasses it; a marker (keyed on the spec and the flags) keeps it to once per venv.
 LLAMA_CPP_FLAGS := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
 LLAMA_CPP_SPEC  := llama-cpp-python>=0.3.8
 LLAMA_MARK      := $(VENV)/.llama-cpp-built-$(shell echo '$(LLAMA_CPP_SPEC) $(LLAMA_CPP_FLAGS)' | cksum | cut -d' ' -f1)
