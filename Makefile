@@ -12,18 +12,17 @@ setup: $(STAMP)
 
 # llama.cpp is built from source for this CPU (-march=native) but without its AMX kernels:
 # on AMX CPUs under some hypervisors (seen: Firecracker VMs) they die with a general protection
-# fault at the first decode, and they would make outputs depend on the host.  GCC's explicit
-# -mno-* flags win over -march=native.  pip's wheel cache cannot tell builds apart by flags,
-# so this one build bypasses it; a marker (keyed on the spec and the flags) keeps it to once per venv.
+# fault at the first decode.  GCC's explicit -mno-* flags win over -march=native.  pip's wheel
+# cache cannot tell builds apart by flags, so this one build bypasses it; a marker keyed on the
+# flags keeps it to once per venv.  The version bound stays in pyproject.toml alone.
 LLAMA_CPP_FLAGS := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
-LLAMA_CPP_SPEC  := llama-cpp-python>=0.3.8
-LLAMA_MARK      := $(VENV)/.llama-cpp-built-$(shell echo '$(LLAMA_CPP_SPEC) $(LLAMA_CPP_FLAGS)' | cksum | cut -d' ' -f1)
+LLAMA_MARK      := $(VENV)/.llama-cpp-built-$(shell echo '$(LLAMA_CPP_FLAGS)' | cksum | cut -d' ' -f1)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	test -f $(LLAMA_MARK) || { CMAKE_ARGS="-DCMAKE_C_FLAGS='$(LLAMA_CPP_FLAGS)' -DCMAKE_CXX_FLAGS='$(LLAMA_CPP_FLAGS)'" \
-	  $(BIN)/python -m pip install -q --no-cache-dir --force-reinstall --no-deps -c constraints.txt '$(LLAMA_CPP_SPEC)' \
+	  $(BIN)/python -m pip install -q --no-cache-dir --force-reinstall --no-deps -c constraints.txt llama-cpp-python \
 	  && rm -f $(VENV)/.llama-cpp-built-* && touch $(LLAMA_MARK); }
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,hf,eval,distributed,serve,baselines]'
 	rm -f $(VENV)/.installed-*; touch $@
