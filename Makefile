@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -f $(LLAMA_MARK) || { CMAKE_ARGS="-DCMAKE_C_FLAGS='$(LLAMA_CPP_FLAGS)' -DCMAKE_CXX_FLAGS='$(LLAMA_CPP_FLAGS)'" \
 	  $(BIN)/python -m pip install -q --no-cache-dir --force-reinstall --no-deps -c constraints.txt llama-cpp-python \
 	  && rm -f $(VENV)/.llama-cpp-built-* && touch $(LLAMA_MARK); }
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,hf,eval,distributed,serve,baselines]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,hf,eval,distributed,serve,baselines,qwen]'
 	rm -f $(VENV)/.installed-*; touch $@
 
 run: $(STAMP)

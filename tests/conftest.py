@@ -1,7 +1,8 @@
-"""Shared fixtures: the two real default models, loaded once per test session.
+"""Shared fixtures: the real models, loaded once per test session.
 
 Nothing here is mocked: the tests run llama.cpp on SmolLM2-135M-Instruct (byte-level
-BPE, 49,152 tokens) and Gemma-3-270M (SentencePiece, 262,144 tokens) from PyPI.
+BPE, 49,152 tokens), Gemma-3-270M (SentencePiece, 262,144 tokens) and Qwen2.5-Coder
+0.5B/1.5B-Instruct (byte-level BPE, 151,936 tokens), all from PyPI.
 One llama.cpp thread each: on a busy 2-core machine two spinning threads per model were
 measured many times slower than one (~1 s/token against 45 ms for SmolLM2).
 """
@@ -29,6 +30,20 @@ def smol() -> LlamaCppMember:
 @pytest.fixture(scope="session")
 def gemma() -> LlamaCppMember:
     m = LlamaCppMember("gemma3-270m", n_ctx=2048, n_threads=1)
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="session")
+def qwen05() -> LlamaCppMember:
+    m = LlamaCppMember("qwen2.5-coder-0.5b-instruct", n_ctx=2048, n_threads=1)
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="session")
+def qwen15() -> LlamaCppMember:
+    m = LlamaCppMember("qwen2.5-coder-1.5b-instruct", n_ctx=2048, n_threads=1)
     yield m
     m.close()
 

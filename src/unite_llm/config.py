@@ -27,6 +27,9 @@ class EnsembleConfig(BaseModel):
     primary: str | None = None
     member_options: dict[str, Any] = Field(default_factory=dict, description="keyword options for every member")
     chat: bool = False
+    chat_templates: dict[str, str] = Field(
+        default_factory=dict, description="member name or spec -> chat template forced on it (builtin name, file, Jinja)"
+    )
     parallel: bool | None = Field(None, description="step members in threads (default: when there are several)")
     ray_address: str | None = Field(None, description="Ray cluster for ray: members (default: a local one)")
     generation: dict[str, Any] = Field(default_factory=dict, description="GenerationConfig defaults")
@@ -48,6 +51,7 @@ class EnsembleConfig(BaseModel):
             "primary": self.primary,
             "parallel": self.parallel,
             "ray_address": self.ray_address,
+            "chat_templates": self.chat_templates,
             **self.member_options,
         }
 

@@ -33,7 +33,7 @@ from .members.base import reset_cache
 from .methods import make_method
 from .methods.base import END, MemberScores, StepDistribution, StepMethod, candidate_text
 from .models import DEFAULT_ENSEMBLE
-from .prompts import Prompt, start_track
+from .prompts import Prompt, force_chat_templates, start_track
 from .sampling import GenerationConfig, choose
 from .stopping import StopStrings
 from .sync import TokenTrack
@@ -191,6 +191,7 @@ class Ensemble:
         parallel: bool | None = None,
         ray_address: str | None = None,
         prefix_cache: bool = True,
+        chat_templates: Mapping[str, str] | None = None,
         **member_options: Any,
     ) -> Ensemble:
         """Load members from spec strings (``.gguf`` paths, aliases, ``prefix:...``).
@@ -200,6 +201,8 @@ class Ensemble:
         ``n_threads`` is given.  ``ray_address`` joins that Ray cluster for ``ray:``
         members (default: a local one, started on first use).  ``prefix_cache=False``
         starts every generation from a cold KV cache (output independent of history).
+        ``chat_templates`` forces a chat template on members that lack one (``{"gemma3-270m":
+        "gemma"}``: a builtin name, a Jinja file or Jinja text; keys are member names or specs).
         """
         make_method(method, k=k)  # validate settings before the slow part
         if ray_address is not None:
@@ -216,6 +219,7 @@ class Ensemble:
         try:
             for spec in specs:
                 members.append(load_member(spec, **member_options, **(split if spec in local else {})))
+            force_chat_templates(members, chat_templates or {}, specs)
         except BaseException:
             for m in members:
                 m.close()

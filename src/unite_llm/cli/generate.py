@@ -16,6 +16,14 @@ ModelOpt = Annotated[
     Optional[list[str]], typer.Option("-m", "--model", help="Member: .gguf path, alias or prefix:spec. Repeat for each member.")
 ]
 ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="Ensemble config file (JSON/YAML/TOML).")]
+ChatTemplateOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--chat-template",
+        help="MEMBER=TEMPLATE: force a chat template (builtin 'gemma', a .jinja file, or Jinja text) on a member "
+        "that has none, e.g. a base model. Repeatable.",
+    ),
+]
 
 
 def read_prompt(prompt: str) -> str:
@@ -43,6 +51,7 @@ def generate(
     seed: Optional[int] = None,
     stop: Annotated[Optional[list[str]], typer.Option(help="Stop string (repeatable); not included in the output.")] = None,
     chat: Annotated[bool, typer.Option(help="Render the prompt with each member's own chat template.")] = False,
+    chat_template: ChatTemplateOpt = None,
     system: Annotated[Optional[str], typer.Option(help="System message (chat mode).")] = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (text, finish_reason, steps, timing).")] = False,
@@ -57,7 +66,7 @@ def generate(
     ] = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log every step to stderr.")] = False,
 ) -> None:
-    """Generate text with an ensemble (default: SmolLM2-135M + Gemma-3-270M)."""
+    """Generate text with an ensemble (default: Qwen2.5-Coder-1.5B-Instruct + Gemma-3-270M)."""
     from ..sampling import GenerationConfig
 
     setup_logging(verbose)
@@ -81,6 +90,7 @@ def generate(
         threads=threads,
         parallel=parallel,
         ray_address=ray_address,
+        chat_templates=chat_template,
     )
     chat = chat or cfg.chat
     if system and not chat:
@@ -111,14 +121,55 @@ def generate(
 
 @app.command()
 @user_errors
-def models() -> None:
-    """List the model aliases and where their files are."""
-    from ..errors import ModelNotFoundError
-    from ..models import ALIASES
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per model.")] = False,
+) -> None:
+    """List the embedded models: size, tokenizer, chat template, base or instruct, and their files.
 
-    for alias, resolve in ALIASES.items():
+    Qwen files are assembled (and checked) on first use; this lists them, assembling if needed.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..errors import ModelNotFoundError
+    from ..models import CATALOGUE, DEFAULT_ENSEMBLE
+
+    rows = []
+    for info in CATALOGUE.values():
         try:
-            where = str(resolve())
+            path = info.resolve()
+            where, size = str(path), path.stat().st_size
         except ModelNotFoundError as err:
-            where = f"(unavailable: {err})"
-        typer.echo(f"{alias}\t{where}")
+            where, size = f"unavailable: {err}", info.size
+        rows.append(
+            {
+                "alias": info.alias,
+                "model": info.description,
+                "size_mb": round(size / 1e6, 1),
+                "tokenizer": info.tokenizer,
+                "vocab": info.vocab,
+                "chat_template": info.instruct,
+                "kind": "instruct" if info.instruct else "base",
+                "default": info.alias in DEFAULT_ENSEMBLE,
+                "file": where,
+            }
+        )
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row))
+        return
+    table = Table(title="Embedded models (* = in the default ensemble)")
+    for col in ("alias", "model", "MB", "tokenizer", "vocab", "chat template", "kind", "file"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r["alias"] + (" *" if r["default"] else ""),
+            r["model"],
+            f"{r['size_mb']:.0f}" if r["size_mb"] else "?",
+            r["tokenizer"],
+            f"{r['vocab']:,}",
+            "yes" if r["chat_template"] else "no",
+            r["kind"],
+            r["file"],
+        )
+    Console(width=200).print(table)

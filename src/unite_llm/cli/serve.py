@@ -8,7 +8,7 @@ import typer
 
 from ..errors import InvalidConfigError
 from ._app import app, build_ensemble, setup_logging, user_errors
-from .generate import ConfigOpt, ModelOpt
+from .generate import ChatTemplateOpt, ConfigOpt, ModelOpt
 
 
 @app.command()
@@ -27,6 +27,7 @@ def serve(
     primary: Annotated[Optional[str], typer.Option(help="Primary member: output follows its tokens.")] = None,
     n_ctx: Annotated[Optional[int], typer.Option("--n-ctx", help="Context window per member.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads per member.")] = None,
+    chat_template: ChatTemplateOpt = None,
     max_queue: Annotated[int, typer.Option("--max-queue", help="Requests that may wait for the worker; more get HTTP 503.")] = 64,
     default_max_tokens: Annotated[
         int, typer.Option("--default-max-tokens", help="Completion length when a request sets no max_tokens (chat).")
@@ -49,7 +50,9 @@ def serve(
     if max_queue < 1:
         raise InvalidConfigError(f"--max-queue must be >= 1, got {max_queue}")
     setup_logging(verbose)
-    ens, _cfg = build_ensemble(model, config, k=k, weights=weights, method=method, primary=primary, n_ctx=n_ctx, threads=threads)
+    ens, _cfg = build_ensemble(
+        model, config, k=k, weights=weights, method=method, primary=primary, n_ctx=n_ctx, threads=threads, chat_templates=chat_template
+    )
     ens.prefix_cache = prefix_cache
     api = create_app(ens, model_name, max_queue=max_queue, default_max_tokens=default_max_tokens, close_ensemble=True)
     typer.echo(f"serving {api.state.model_name} on http://{host}:{port}  (playground: http://{host}:{port}/)", err=True)

@@ -18,7 +18,6 @@ import numpy as np
 
 from ..errors import ContextLengthError, InvalidConfigError
 from ..models import resolve_gguf
-from ..prompts import builtin_chat_template
 from ..vocab import ByteVocab
 from .base import common_prefix
 
@@ -113,7 +112,7 @@ class LlamaCppMember:
         n_vocab = len(self.vocab)
         meta = self.llm.metadata
         self.architecture = meta.get("general.architecture", "")
-        self.chat_template: str | None = meta.get("tokenizer.chat_template") or builtin_chat_template(self.architecture)
+        self.chat_template: str | None = meta.get("tokenizer.chat_template") or None
         self.bos_text = self._token_text(self.llm.token_bos())
         self.eos_text = self._token_text(self.llm.token_eos())
         self.n_evaluated = 0

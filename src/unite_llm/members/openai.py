@@ -71,7 +71,6 @@ class OpenAIMember:
         import llama_cpp
 
         from ..models import resolve_gguf
-        from ..prompts import builtin_chat_template
         from .llama_cpp import _quiet_llama_log, byte_vocab
 
         base_url, sep, model = spec.partition("#")
@@ -95,7 +94,7 @@ class OpenAIMember:
         self._tok = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
         self.vocab: ByteVocab = byte_vocab(self._tok)
         meta = self._tok.metadata
-        self.chat_template = meta.get("tokenizer.chat_template") or builtin_chat_template(meta.get("general.architecture", ""))
+        self.chat_template: str | None = meta.get("tokenizer.chat_template") or None
         self.bos_text = self._special_text(self._tok.token_bos())
         self.eos_text = self._special_text(self._tok.token_eos())
         self._bos = self._tok.token_bos()

@@ -31,7 +31,6 @@ import numpy as np
 
 from ..errors import ContextLengthError, InvalidConfigError, ModelNotFoundError
 from ..models import ALIASES, resolve_gguf
-from ..prompts import builtin_chat_template
 from ..vocab import ByteVocab
 from .base import common_prefix
 
@@ -202,8 +201,7 @@ class TransformersMember:
         self.vocab = ByteVocab(byte_pieces(self.tokenizer, n_vocab), frozenset(self._eog_ids(n_vocab)))
         limit = getattr(config, "max_position_embeddings", None) or 4096
         self.n_ctx = min(n_ctx, limit) if n_ctx else int(limit)
-        model_type = str(getattr(config, "model_type", ""))
-        self.chat_template: str | None = self.tokenizer.chat_template or builtin_chat_template(model_type.removesuffix("_text"))
+        self.chat_template: str | None = self.tokenizer.chat_template or None
         self.bos_text = self.tokenizer.bos_token or ""
         self.eos_text = self.tokenizer.eos_token or ""
         self._add_special = bool(self.tokenizer("", add_special_tokens=True).input_ids)
