@@ -1,12 +1,15 @@
 # The two commands the README promises, plus the benchmark.  Each sets itself up:
 # a virtual environment in .venv with the package and its test tools installed.
+SHELL  := /bin/bash
 VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
-PROMPT ?= Explain in two sentences why an ensemble of language models can beat a single model.
+# The default ensemble includes a base model (Gemma-3-270M), so `make run` asks in the
+# question/answer form that suits it (raw completion), not through a chat template.
+export QUESTION ?= What do plants take in from the air to make their food, and what do they give off?
 
-.PHONY: run test bench lint setup clean results baselines browser
+.PHONY: run test bench lint setup clean results baselines members4 browser
 
 setup: $(STAMP)
 
@@ -28,7 +31,8 @@ $(STAMP): pyproject.toml constraints.txt
 	rm -f $(VENV)/.installed-*; touch $@
 
 run: $(STAMP)
-	$(BIN)/unite generate --chat --max-new-tokens 96 "$(PROMPT)"
+	$(BIN)/unite generate --max-new-tokens 96 --stop $$'\n' "Question: $$QUESTION"$$'\nAnswer:'
+
 
 test: $(STAMP) browser
 	$(BIN)/ruff check src tests bench
@@ -53,6 +57,27 @@ baselines: $(STAMP)
 	  --task mmlu --task gsm8k --setting small --threads 1 $(RESULTS_LIMIT) --method single --method unite \
 	  --method gac --method packllm --method rank --out results/baselines --title "UniTE and the baselines" --no-progress
 	$(BIN)/python bench/accuracy_table.py results/baselines --title "UniTE and the baselines, on the items every system finished"
+
+# Four real models (results/members4): Determine-Then-Ensemble on held-out items per task, each
+# model alone, and UniTE of the pairs the rule admits plus two it rejects (resumable; see
+# results/members4/README.md).  The SmolLM2 and Gemma singles, and their pair, are shared with
+# results/paper through symlinks.
+FOUR      := qwen2.5-coder-1.5b-instruct gemma3-270m qwen2.5-coder-0.5b-instruct smollm2-135m-instruct
+M4_TASKS  := triviaqa nq lambada arc_challenge piqa mmlu gsm8k
+M4_EVAL    = OMP_WAIT_POLICY=PASSIVE nice -n 10 $(BIN)/unite eval --setting small --threads 1 $(RESULTS_LIMIT) \
+             --out results/members4 --title "Four models" --no-progress
+# task:memberA+memberB for every UniTE pair evaluated (admitted ones first, then the rejected ones)
+M4_PAIRS  ?= triviaqa:qwen2.5-coder-1.5b-instruct+gemma3-270m triviaqa:qwen2.5-coder-1.5b-instruct+smollm2-135m-instruct \
+             triviaqa:qwen2.5-coder-1.5b-instruct+qwen2.5-coder-0.5b-instruct
+members4: $(STAMP)
+	for t in $(M4_TASKS); do seed=$$([ $$t = triviaqa ] && echo 0 || echo 1); \
+	  OMP_WAIT_POLICY=PASSIVE nice -n 10 $(BIN)/unite select $(foreach m,$(FOUR),-c $(m)) --task $$t --limit 50 --seed $$seed \
+	    --setting small --threads 1 --out results/members4/select/runs --write results/members4/select/$$t.yaml \
+	    --report results/members4/select/$$t.md --no-progress || exit 1; done
+	$(M4_EVAL) -m qwen2.5-coder-1.5b-instruct -m qwen2.5-coder-0.5b-instruct --method single $(foreach t,$(M4_TASKS),--task $(t))
+	for p in $(M4_PAIRS); do t=$${p%%:*}; a=$${p#*:}; a1=$${a%%+*}; a2=$${a#*+}; \
+	  $(M4_EVAL) -m $$a1 -m $$a2 --method unite --task $$t || exit 1; done
+	$(BIN)/python bench/members_table.py results/members4
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

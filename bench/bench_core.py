@@ -1,6 +1,6 @@
 """Core benchmark (issue 2): the UniTE step's cost against the members' own decoding.
 
-Measured in one run on the default pair, so that ratios compare like with like:
+Measured in one run on the default pair (or the members given with -m), so that ratios compare like with like:
 
 * raw llama-cpp-python decode time per token of each member alone (greedy, its own
   tokens, no ensembling): the floor the ensemble is compared with;
@@ -9,7 +9,7 @@ Measured in one run on the default pair, so that ratios compare like with like:
   keeps re-tokenization O(1), so the step should not grow with length);
 * the mean union size.
 
-Usage: python bench/bench_core.py [--out bench/results/core.json] [--tokens 420] [--repeats 3]
+Usage: python bench/bench_core.py [--out bench/results/core.json] [--tokens 420] [--repeats 3] [-m MEMBER -m ...]
 """
 
 from __future__ import annotations
@@ -74,9 +74,10 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=420)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("-m", "--model", action="append", help="member (repeat); default: the default ensemble")
     args = ap.parse_args()
 
-    members = [LlamaCppMember(spec, n_ctx=2048, n_threads=args.threads) for spec in DEFAULT_ENSEMBLE]
+    members = [LlamaCppMember(spec, n_ctx=2048, n_threads=args.threads) for spec in (args.model or DEFAULT_ENSEMBLE)]
     # Sequential stepping with the same threads as the raw runs: the ratio then isolates
     # what ensembling itself costs (bench_concurrency.py measures threads across members).
     ens = Ensemble(members, parallel=False)

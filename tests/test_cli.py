@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from unite_llm.models import DEFAULT_ENSEMBLE
+
 UNITE = [sys.executable, "-m", "unite_llm.cli"]
 
 
@@ -22,7 +24,7 @@ def test_generate_json_has_text_steps_and_timing():
     proc = run("generate", "--json", "-n", "8", "--n-ctx", "512", "The capital of France is")
     assert proc.returncode == 0, proc.stderr.decode()
     out = json.loads(proc.stdout)
-    assert out["members"] == ["smollm2-135m-instruct", "gemma3-270m"]
+    assert out["members"] == list(DEFAULT_ENSEMBLE) == ["qwen2.5-coder-1.5b-instruct", "gemma3-270m"]
     assert "Paris" in out["text"]
     assert out["finish_reason"] in {"stop", "length"}
     assert len(out["steps"]) >= 1
@@ -44,7 +46,7 @@ def test_explain_shows_the_whole_union():
     out = json.loads(proc.stdout)
     union = out["steps"][0]["union"]
     assert 3 <= len(union) <= 6  # k=3 per member, two members
-    assert all(set(c["members"]) == {"smollm2-135m-instruct", "gemma3-270m"} for c in union)
+    assert all(set(c["members"]) == set(DEFAULT_ENSEMBLE) for c in union)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import pytest
 
 from unite_llm.errors import InvalidConfigError, ModelNotFoundError
 from unite_llm.models import CATALOGUE, DEFAULT_ENSEMBLE, ModelIntegrityError, assemble, cache_dir, resolve_gguf, verified
-from unite_llm.prompts import start_track
+from unite_llm.prompts import render_chat, start_track
 
 ROOT = Path(__file__).resolve().parents[1]
 UNITE = [sys.executable, "-m", "unite_llm.cli"]
@@ -61,7 +61,7 @@ def test_corrupt_part_is_refused_and_nothing_is_written(tmp_path):
 def test_missing_part_is_named(tmp_path):
     parts = _parts(tmp_path, [b"abc", b"def"])
     parts[1].unlink()
-    with pytest.raises(ModelNotFoundError, match="part02.bin"):
+    with pytest.raises(ModelNotFoundError, match=r"part02\.bin"):
         assemble(parts, tmp_path / "m.gguf", size=6, sha256=hashlib.sha256(b"abcdef").hexdigest())
 
 
@@ -123,8 +123,8 @@ def test_base_model_has_no_chat_template_and_chat_is_refused(gemma):
 def test_instruct_models_keep_their_own_templates(smol, qwen05):
     for m in (smol, qwen05):
         assert m.chat_template
-        text = m.vocab.decode(start_track(m, "Hi!", chat=True).tokens)
-        assert b"<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n" in text
+        assert "<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n" in render_chat(m, [{"role": "user", "content": "Hi!"}])
+        assert m.vocab.decode(start_track(m, "Hi!", chat=True).tokens).endswith(b"user\nHi!\nassistant\n")
 
 
 def test_cli_refuses_chat_with_a_base_member_and_forcing_works():

@@ -12,6 +12,7 @@ import ray  # the `distributed` extra, which `make test` installs
 from unite_llm.engine import Ensemble
 from unite_llm.errors import InvalidConfigError, ModelNotFoundError
 from unite_llm.members.ray_member import RayMember, parse_spec
+from unite_llm.prompts import chat_template_source
 
 PROMPT = "The capital of France is"
 
@@ -63,8 +64,12 @@ def test_ray_pair_decodes_exactly_like_the_in_process_pair(ray_pair, smol, gemma
     assert isinstance(ray_pair.members[0], RayMember) and ray_pair.members[0].vocab.pieces == smol.vocab.pieces
 
 
-def test_ray_pair_chat_matches_and_keeps_the_kv_cache_in_the_actor(ray_pair, smol, gemma):
+def test_ray_pair_chat_matches_and_keeps_the_kv_cache_in_the_actor(ray_pair, smol, gemma, monkeypatch):
     msgs = [{"role": "user", "content": "Name three primary colours."}]
+    # The base Gemma has no chat template: force Gemma's on both sides, as --chat-template would.
+    assert ray_pair.members[1].chat_template is None
+    for m in (gemma, ray_pair.members[1]):
+        monkeypatch.setattr(m, "chat_template", chat_template_source("gemma"))
     before = [m.n_evaluated for m in ray_pair.members]
     local = Ensemble([smol, gemma], parallel=False).generate(msgs, chat=True, max_new_tokens=12)
     remote = ray_pair.generate(msgs, chat=True, max_new_tokens=12)

@@ -22,7 +22,7 @@ from unite_llm.errors import ModelNotFoundError
 from unite_llm.members import split_spec, supports_batch
 from unite_llm.members.llama_cpp import LlamaCppMember
 from unite_llm.members.transformers import TransformersMember
-from unite_llm.prompts import start_track
+from unite_llm.prompts import chat_template_source, start_track
 
 # One torch thread: on the 2 shared cores of this machine two threads spin-wait in
 # OpenMP and run several times slower (see the member's n_threads option).
@@ -127,9 +127,12 @@ def test_tokenizer_matches_llama_cpp_on_prose(pairs, datasets, which):
     assert hf.vocab.decode(hf.tokenize(text)) == text
 
 
-def test_chat_templates(pairs):
+def test_chat_templates(pairs, monkeypatch):
     for llama, hf in pairs.values():
-        assert hf.chat_template == llama.chat_template  # Gemma's from the builtin table, SmolLM2's from the tokenizer
+        assert hf.chat_template == llama.chat_template  # SmolLM2's from the tokenizer; none for the base Gemma
+        if llama.chat_template is None:  # forced alike on both backends, as --chat-template does
+            for m in (llama, hf):
+                monkeypatch.setattr(m, "chat_template", chat_template_source("gemma"))
         a = start_track(hf, "Hi there", chat=True).tokens
         b = start_track(llama, "Hi there", chat=True).tokens
         assert a == b

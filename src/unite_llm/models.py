@@ -174,7 +174,9 @@ def _chunked(filename: str, package: str, pip_name: str, n_parts: int, size: int
             raise ModelNotFoundError(
                 f"{filename} needs the optional extra 'qwen': pip install 'unite-llm[qwen]' (missing: {', '.join(missing)})"
             )
-        parts = [_package_dir(f"{package}{i}", pip_name + str(i), "qwen") / "data" / f"part{i:02d}.bin" for i in range(1, n_parts + 1)]
+        parts = [
+            _package_dir(f"{package}{i}", pip_name + str(i), "qwen") / "data" / f"part{i:02d}.bin" for i in range(1, n_parts + 1)
+        ]
         return assemble(parts, target, size=size, sha256=sha256)
 
     return resolve
@@ -236,4 +238,3 @@ def resolve_gguf(spec: str) -> Path:
         raise ModelNotFoundError(f"model file not found: {spec}")
     known = ", ".join(sorted(ALIASES))
     raise ModelNotFoundError(f"unknown model {spec!r}: not a file and not an alias (known aliases: {known})")
-

@@ -2,7 +2,8 @@
 
 The server runs in a thread of the test process on a socket bound to port 0 (the OS
 picks a free port), so the tests can compare its answers with the same ensemble called
-directly.  The members are the session's ``smol`` / ``gemma`` fixtures; the test thread
+directly.  The members are the session's ``smol`` and a Gemma with a forced chat template
+(the PyPI Gemma is a base model); the test thread
 calls the ensemble only through :meth:`LiveServer.generate`, which holds the scheduler's
 lock, so the test and the worker never run one llama.cpp context at the same time.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +23,8 @@ import pytest
 import uvicorn
 
 from unite_llm.engine import Ensemble
+from unite_llm.members.llama_cpp import LlamaCppMember
+from unite_llm.prompts import chat_template_source
 from unite_llm.server import create_app
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -57,12 +62,10 @@ class LiveServer:
             time.sleep(0.05)
 
 
-@pytest.fixture(scope="session")
-def server(smol, gemma) -> LiveServer:
-    # Cold prompt evaluation per request: each answer depends on its prompt alone, so the
-    # tests can compare the server's answers with fresh ones (see members.base.reset_cache).
-    ens = Ensemble([smol, gemma], prefix_cache=False)
-    app = create_app(ens, "unite-test", max_queue=MAX_QUEUE, default_max_tokens=32)
+@contextmanager
+def live_server(ens: Ensemble, model: str) -> Iterator[LiveServer]:
+    """``ens`` behind uvicorn on a free loopback port, for the duration of the block."""
+    app = create_app(ens, model, max_queue=MAX_QUEUE, default_max_tokens=32)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -75,10 +78,31 @@ def server(smol, gemma) -> LiveServer:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the test server did not start")
         time.sleep(0.05)
-    yield LiveServer(f"http://127.0.0.1:{port}", "unite-test", ens, app)
-    srv.should_exit = True
-    thread.join(30)
-    sock.close()
+    try:
+        yield LiveServer(f"http://127.0.0.1:{port}", model, ens, app)
+    finally:
+        srv.should_exit = True
+        thread.join(30)
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def gemma_chat() -> LlamaCppMember:
+    """A second Gemma-3-270M with Gemma's chat template forced on it (the base model has
+    none), as a user would with ``--chat-template gemma3-270m=gemma``: the server's chat
+    tests need a pair whose members both accept messages."""
+    m = LlamaCppMember("gemma3-270m", n_ctx=2048, n_threads=1)
+    m.chat_template = chat_template_source("gemma")
+    yield m
+    m.close()
+
+
+@pytest.fixture(scope="session")
+def server(smol, gemma_chat) -> Iterator[LiveServer]:
+    # Cold prompt evaluation per request: each answer depends on its prompt alone, so the
+    # tests can compare the server's answers with fresh ones (see members.base.reset_cache).
+    with live_server(Ensemble([smol, gemma_chat], prefix_cache=False), "unite-test") as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")

@@ -140,3 +140,23 @@ def test_server_keeps_serving_after_errors(server, http):
     assert resp.status_code == 200 and resp.json()["choices"][0]["text"]
     sched = server.wait_idle()
     assert sched["failed"] == 0  # bad requests are refused before they reach the worker
+
+
+def test_chat_with_a_base_member_is_refused_like_the_cli(smol, gemma):
+    # The base Gemma has no chat template: the chat endpoint refuses it with the CLI's
+    # message (400, OpenAI's schema), while raw completions from the same server work.
+    from unite_llm.engine import Ensemble
+
+    from .conftest import live_server
+
+    with (
+        live_server(Ensemble([smol, gemma], prefix_cache=False), "base-pair") as srv,
+        httpx.Client(base_url=srv.url, timeout=120) as c,
+    ):
+        msgs = [{"role": "user", "content": "hi"}]
+        for stream in (False, True):
+            r = c.post("/v1/chat/completions", json={"model": srv.model, "messages": msgs, "max_tokens": 2, "stream": stream})
+            err = check_error(r, 400, param="messages")
+            assert "gemma3-270m has no chat template: it is a base" in err["message"]
+        r = c.post("/v1/completions", json={"model": srv.model, "prompt": "Hello", "max_tokens": 2, "temperature": 0})
+        assert r.status_code == 200 and r.json()["choices"][0]["text"]

@@ -51,7 +51,15 @@ def serve(
         raise InvalidConfigError(f"--max-queue must be >= 1, got {max_queue}")
     setup_logging(verbose)
     ens, _cfg = build_ensemble(
-        model, config, k=k, weights=weights, method=method, primary=primary, n_ctx=n_ctx, threads=threads, chat_templates=chat_template
+        model,
+        config,
+        k=k,
+        weights=weights,
+        method=method,
+        primary=primary,
+        n_ctx=n_ctx,
+        threads=threads,
+        chat_templates=chat_template,
     )
     ens.prefix_cache = prefix_cache
     api = create_app(ens, model_name, max_queue=max_queue, default_max_tokens=default_max_tokens, close_ensemble=True)
