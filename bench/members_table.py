@@ -18,7 +18,6 @@ import json
 from pathlib import Path
 
 from accuracy_table import load
-
 from unite_llm.eval.scoring import paired_difference, wilson_interval
 
 TASK_ORDER = ["triviaqa", "nq", "lambada", "arc_challenge", "piqa", "mmlu", "gsm8k"]
@@ -87,7 +86,9 @@ def table(folder: Path, title: str) -> tuple[str, dict]:
                 row["admitted"] = admitted
                 for key, ref in (("vs_best", best), ("vs_own_best", max(ms, key=lambda m: rate(list(per[m].values()))[0]))):
                     both = sorted(set(per[s]) & set(per[ref]))
-                    delta, (dlo, dhi) = paired_difference([per[s][i]["correct"] for i in both], [per[ref][i]["correct"] for i in both])
+                    delta, (dlo, dhi) = paired_difference(
+                        [per[s][i]["correct"] for i in both], [per[ref][i]["correct"] for i in both]
+                    )
                     row[key] = {"ref": ref, "n": len(both), "delta": delta, "ci95": [dlo, dhi]}
                     mark = "**" if dlo > 0 or dhi < 0 else ""
                     cells.append(f"{mark}{delta:+.1f} [{dlo:+.1f}, {dhi:+.1f}]{mark} (N={len(both)}, vs {short(ref)})")
@@ -118,7 +119,10 @@ def chart(summary: dict, path: Path) -> None:
         systems = summary[task]["systems"]
         labels = list(systems)
         accs = [systems[s]["accuracy"] for s in labels]
-        errs = [[a - systems[s]["ci95"][0] for s, a in zip(labels, accs)], [systems[s]["ci95"][1] - a for s, a in zip(labels, accs)]]
+        errs = [
+            [a - systems[s]["ci95"][0] for s, a in zip(labels, accs)],
+            [systems[s]["ci95"][1] - a for s, a in zip(labels, accs)],
+        ]
         colours = []
         for s in labels:
             if "(" not in s:
