@@ -94,3 +94,18 @@ def test_same_seed_same_text_across_processes():
     first, second = run(*args), run(*args)
     assert first.returncode == 0, first.stderr.decode()
     assert json.loads(first.stdout)["text"] == json.loads(second.stdout)["text"]
+
+
+def test_make_run_answers_the_default_question_coherently():
+    # The README's first command, as a user runs it: the default ensemble (Qwen2.5-Coder-1.5B
+    # + the base Gemma-3-270M) answers in question/answer form, neither echoing the question
+    # nor looping (what the old chat-template default did with the base Gemma).
+    root = Path(__file__).resolve().parents[1]
+    question = "What do plants take in from the air to make their food, and what do they give off?"
+    proc = subprocess.run(["make", "-s", "run"], cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    answer = proc.stdout.strip()
+    assert answer and question not in answer
+    assert "carbon dioxide" in answer.lower() and "oxygen" in answer.lower()
+    lines = [line for line in answer.splitlines() if line.strip()]
+    assert len(lines) == len(set(lines))
