@@ -55,10 +55,35 @@ def rate(recs: list[dict]) -> tuple[float, float, float]:
     return 100 * k / len(recs), 100 * lo, 100 * hi
 
 
+def selection_table(folder: Path) -> list[str]:
+    """One row per task: each candidate's held-out score and the rule's verdict."""
+    rows = []
+    for task in TASK_ORDER:
+        path = folder / "select" / f"{task}.json"
+        if not path.is_file():
+            continue
+        d = json.loads(path.read_text())
+        by = {x["candidate"]: x for x in d["decisions"]}
+        n = max(x["n"] for x in d["decisions"])
+        cells = [f"{by[m]['score']:.0f} {by[m]['verdict']}" if m in by else "-" for m in SHORT]
+        rows.append(f"| {NAMES.get(task, task)} | {d['split']} | {n} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    head = "| task | held-out split | N | " + " | ".join(SHORT.values()) + " |"
+    return [
+        "## Determine: the selection rule on held-out items (score %, verdict)",
+        "",
+        head,
+        "|---|---|---:|" + "---|" * len(SHORT),
+        *rows,
+        "",
+    ]
+
+
 def table(folder: Path, title: str) -> tuple[str, dict]:
     data = load(folder)
     summary: dict = {}
-    lines = [f"# {title}", ""]
+    lines = [f"# {title}", "", *selection_table(folder)]
     for task in [t for t in TASK_ORDER if t in data] + sorted(set(data) - set(TASK_ORDER)):
         per = data[task]
         singles = sorted((s for s in per if "(" not in s), key=lambda s: -rate(list(per[s].values()))[0])

@@ -20,6 +20,11 @@ Outcomes: ``same`` (equal bytes), ``ws_token`` (the lookahead top-1 is ``w`` its
 would emit exactly that whitespace and go on from the canonical context, so no change),
 ``prefix`` (different segmentation of the same text direction: one is a prefix of the other),
 ``changed`` (the two predict different text), ``none`` (no token starts with ``w``).
+``context_kept`` says whether the member's canonical context was the shape it sees mid-text:
+``*_retokenized`` counts steps whose context was *not* a prefix of the next step's (the appended
+piece re-merged its last tokens, e.g. a trailing ``"  "`` token split into ``" " + " He"``), by
+whether the context ended in whitespace; ``ws_own_top1_keeps_context`` counts whitespace steps
+where the tokenization of context + the member's own top-1 still starts with the context.
 
 The hook wraps each member's ``next_logits``: every context the decode loop asks for is seen,
 nothing in ``src/`` changes.  The lookahead context is evaluated *before* the canonical one, so
@@ -262,7 +267,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - t0, 1),
         "tasks": {t["task"]: t for t in tasks},
     }
-    results["_about"] = __doc__.split("\n\n")[2] + "\n\n" + __doc__.split("\n\n")[3]
+    results["_about"] = "\n\n".join(__doc__.split("\n\n")[2:5])
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
     for t in tasks:
