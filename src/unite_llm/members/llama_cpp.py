@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ContextLengthError, InvalidConfigError
+from ..errors import ContextLengthError, InvalidConfigError, ModelFileError
 from ..models import resolve_gguf
 from ..vocab import ByteVocab
 from .base import common_prefix
@@ -70,6 +70,43 @@ def byte_vocab(llm: object) -> ByteVocab:
     return ByteVocab(pieces, frozenset(eog))
 
 
+def check_options(n_ctx: int | None = None, n_threads: int | None = None) -> None:
+    """Refuse context sizes and thread counts llama.cpp would crash on or misread.
+
+    ``n_ctx=0`` means the model's trained context, as in llama.cpp; a negative value
+    would wrap to a huge unsigned size and fail deep inside llama.cpp.
+    """
+    if n_ctx is not None and (isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 0):
+        raise InvalidConfigError(f"n_ctx must be an integer >= 0 (0: the model's trained context), got {n_ctx!r}")
+    if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 0):
+        raise InvalidConfigError(f"n_threads must be an integer >= 1 (0 or unset: all cores), got {n_threads!r}")
+
+
+def open_llama(path: Path, **params: object) -> object:
+    """``llama_cpp.Llama(model_path=path, ...)``, with a damaged file named in a :class:`ModelFileError`.
+
+    llama.cpp answers a text file, an empty file and a truncated GGUF alike with a bare
+    ``ValueError: Failed to load model from file``; the magic bytes tell the first two
+    apart before llama.cpp runs.
+    """
+    import llama_cpp
+
+    with open(path, "rb") as f:
+        head = f.read(4)
+    size = path.stat().st_size
+    if not head:
+        raise ModelFileError(f"{path} is empty (0 bytes), not a GGUF model")
+    if head != b"GGUF":
+        raise ModelFileError(f"{path} is not a GGUF model file (it starts with {head!r}, not b'GGUF')")
+    try:
+        return llama_cpp.Llama(model_path=str(path), **params)
+    except ValueError as err:
+        raise ModelFileError(
+            f"llama.cpp cannot load {path} ({size:,} bytes): truncated or damaged, or an architecture "
+            f"this llama.cpp does not support ({err})"
+        ) from None
+
+
 class LlamaCppMember:
     """An ensemble member backed by ``llama_cpp.Llama``.
 
@@ -89,12 +126,13 @@ class LlamaCppMember:
     ) -> None:
         import llama_cpp
 
+        check_options(n_ctx, n_threads)
         _quiet_llama_log()
         path = resolve_gguf(spec)
         self.path = Path(path)
         self.name = name or (spec if not spec.endswith(".gguf") else self.path.stem)
-        self.llm = llama_cpp.Llama(
-            model_path=str(path),
+        self.llm = open_llama(
+            self.path,
             n_ctx=n_ctx,
             n_threads=n_threads or os.cpu_count() or 1,
             # Multi-token suffixes use the batch thread count: keep it in the member's budget.
@@ -106,7 +144,7 @@ class LlamaCppMember:
             verbose=False,
         )
         # llama.cpp may round the context up; llama-cpp-python's buffers keep the size asked for.
-        self.n_ctx = min(n_ctx, self.llm.n_ctx())
+        self.n_ctx = min(n_ctx, self.llm.n_ctx()) if n_ctx else self.llm.n_ctx()
         self.vocab = byte_vocab(self.llm)
         self._vocab_ptr = llama_cpp.llama_model_get_vocab(self.llm.model)
         n_vocab = len(self.vocab)
