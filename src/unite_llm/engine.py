@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import InvalidConfigError
 from .members import Member, forward_rows, load_member, split_spec, supports_batch
-from .members.base import reset_cache
+from .members.base import reset_cache, start_sequence
 from .methods import make_method
 from .methods.base import END, MemberScores, StepDistribution, StepMethod, candidate_text
 from .models import DEFAULT_ENSEMBLE
@@ -418,9 +418,10 @@ class Ensemble:
         emitted = 0
         steps: list[StepRecord] = []
         finish, stop_reason = "length", None
-        if not self.prefix_cache:
-            for m in self.members:
+        for m in self.members:
+            if not self.prefix_cache:
                 reset_cache(m)
+            start_sequence(m)  # the prompt is evaluated by a plan that depends on it alone
 
         prepare = getattr(self.method, "prepare", None)
         if prepare is not None:  # optional hook: set-up that needs the members or the prompt

@@ -4,6 +4,17 @@ KV-cache rollback uses llama-cpp-python's own mechanism: ``Llama.eval`` first re
 the cache from position ``n_tokens`` on, so setting ``n_tokens`` to the common prefix
 and evaluating the new suffix is a rollback.  ``logits_all`` stays off, so the
 next-token logits are read straight from llama.cpp's buffer (no copy of 262k floats).
+
+History-independent prefix caching: llama.cpp's kernels round differently with the
+number of tokens in a batch (and a token's place in it), so a prefix reused from another
+request, computed inside other batches, can give logits that differ in the last bits from
+a cold evaluation and flip a greedy near-tie.  A generation's prompt is therefore always
+evaluated by the same plan, a function of the prompt alone: chunks of
+:data:`PREFILL_CHUNK` tokens aligned to absolute positions, then the remainder, then the
+last token on its own.  Across generations only whole aligned chunks computed by that plan
+are reused (a watermark tracks how far they reach); tokens of a remainder or of decode
+steps are recomputed.  Within a generation, decode steps reuse everything, which is a
+function of the prompt too.
 """
 
 from __future__ import annotations
@@ -23,6 +34,8 @@ from .base import common_prefix
 
 DEFAULT_N_CTX = 4096
 _SCORE_CHUNK = 32  # positions scored per llama.cpp batch (bounds the logits buffer)
+PREFILL_CHUNK = 32
+"""Tokens per aligned prompt chunk: the granularity at which a prefix is reused across generations."""
 
 
 _log_callback = None
@@ -73,10 +86,10 @@ def byte_vocab(llm: object) -> ByteVocab:
 def check_options(n_ctx: int | None = None, n_threads: int | None = None) -> None:
     """Refuse context sizes and thread counts llama.cpp would crash on or misread.
 
-    ``n_ctx=0`` means the model's trained context, as in llama.cpp; a negative value
-    would wrap to a huge unsigned size and fail deep inside llama.cpp.
+    ``n_ctx=0`` means the model's trained context, as in llama.cpp; a negative value (or
+    one past 32 bits) would wrap to another unsigned size inside llama.cpp.
     """
-    if n_ctx is not None and (isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 0):
+    if n_ctx is not None and (isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or not 0 <= n_ctx < 2**31):
         raise InvalidConfigError(f"n_ctx must be an integer >= 0 (0: the model's trained context), got {n_ctx!r}")
     if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 0):
         raise InvalidConfigError(f"n_threads must be an integer >= 1 (0 or unset: all cores), got {n_threads!r}")
@@ -101,6 +114,11 @@ def open_llama(path: Path, **params: object) -> object:
     try:
         return llama_cpp.Llama(model_path=str(path), **params)
     except ValueError as err:
+        if "llama_context" in str(err):  # the model loaded; its KV cache could not be allocated
+            raise InvalidConfigError(
+                f"llama.cpp cannot create a context of {params.get('n_ctx')} tokens for {path} "
+                f"(too large for this machine's memory?) ({err})"
+            ) from None
         raise ModelFileError(
             f"llama.cpp cannot load {path} ({size:,} bytes): truncated or damaged, or an architecture "
             f"this llama.cpp does not support ({err})"
@@ -155,6 +173,8 @@ class LlamaCppMember:
         self.eos_text = self._token_text(self.llm.token_eos())
         self.n_evaluated = 0
         self._context: list[int] = []
+        self._aligned = 0  # positions [0, _aligned) hold whole aligned chunks of a prompt plan
+        self._fresh = True  # the next next_logits call starts a generation
         self._scored_tokens: list[int] = []  # the last sequence score() saw, and its
         self._scored = np.zeros(0)  # per-position log-probabilities (NaN where not asked)
         self._n_vocab = n_vocab
@@ -188,21 +208,51 @@ class LlamaCppMember:
             raise ContextLengthError(f"{self.name}: {len(context)} tokens do not fit its context window of {self.n_ctx}")
         if not context:
             raise ValueError("next_logits needs at least one token (BOS or text)")
-        keep = common_prefix(self._context, context)
-        keep = min(keep, len(context) - 1)  # always evaluate >= 1 token for fresh logits
-        self.llm.n_tokens = keep
-        todo = list(context[keep:])
-        # The last token is always evaluated on its own.  llama.cpp's batched and
-        # single-token matmuls round differently, so logits taken from the end of a
-        # batch would depend on what was cached before; this way the same context gives
-        # the same logits whatever the history, and a seed reproduces a sample.
-        if len(todo) > 1:
-            self.llm.eval(todo[:-1])
-        self.llm.eval(todo[-1:])
-        self.n_evaluated += len(todo)
+        n = len(context)
+        if self._fresh:
+            self._prefill(context)
+        else:
+            # A decode step of the same generation: keep everything that still matches.
+            keep = min(common_prefix(self._context, context), n - 1)  # >= 1 token for fresh logits
+            self._aligned = min(self._aligned, keep - keep % PREFILL_CHUNK)
+            self.llm.n_tokens = keep
+            todo = list(context[keep:])
+            # The last token is always evaluated on its own, as in the prompt plan.
+            if len(todo) > 1:
+                self.llm.eval(todo[:-1])
+            self.llm.eval(todo[-1:])
+            self.n_evaluated += len(todo)
         self._context = list(context)
         ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+
+    def start_sequence(self) -> None:
+        """The next :meth:`next_logits` starts a new generation: evaluate it by the prompt plan.
+
+        Called by the ensemble before each generation (see :func:`unite_llm.members.base.start_sequence`).
+        """
+        self._fresh = True
+
+    def _prefill(self, context: Sequence[int]) -> None:
+        """Make the cache hold ``context`` by the prompt plan (see the module docstring).
+
+        The plan depends on ``context`` alone: aligned chunks ``[jC, (j+1)C)`` up to the last
+        boundary before the final token, the remainder in one batch, the final token alone.
+        Chunks already in the cache from an earlier plan with the same tokens are kept.
+        """
+        self._fresh = False
+        n, c = len(context), PREFILL_CHUNK
+        end = (n - 1) // c * c  # the aligned chunks stop here
+        keep = min(common_prefix(self._context, context), self._aligned, end)
+        keep -= keep % c
+        self.llm.n_tokens = keep
+        for pos in range(keep, end, c):
+            self.llm.eval(context[pos : pos + c])  # one llama_decode per chunk while c <= n_batch
+        if n - 1 > end:
+            self.llm.eval(context[end : n - 1])
+        self.llm.eval(context[n - 1 :])
+        self._aligned = end
+        self.n_evaluated += n - keep
 
     def score(self, tokens: Sequence[int], start: int = 1) -> np.ndarray:
         """Log-probability of each of ``tokens[start:]`` given the tokens before it.
@@ -253,6 +303,7 @@ class LlamaCppMember:
         self.llm.n_tokens = pos
         self.llm.input_ids[:pos] = tokens[:pos]
         self._context = tokens[:pos]
+        self._aligned = min(self._aligned, keep - keep % PREFILL_CHUNK)  # scored batches are not the prompt plan
         self._scored_tokens, self._scored = tokens, lp_all
         return lp_all[start:].copy()
 
@@ -280,6 +331,8 @@ class LlamaCppMember:
         """Forget the KV cache: the next context is evaluated from scratch."""
         self.llm.reset()
         self._context = []
+        self._aligned = 0
+        self._fresh = True
         self._scored_tokens, self._scored = [], np.zeros(0)
 
     def close(self) -> None:
