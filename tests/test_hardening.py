@@ -102,7 +102,7 @@ def test_generation_config_refuses_nan_and_inf():
 # -- context size -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ["-1", "-4096"])
+@pytest.mark.parametrize("value", ["-1", "-4096", "2147483648"])
 def test_negative_n_ctx_fails_before_models_load(value, tmp_path):
     proc = run("generate", "-m", str(tmp_path / "missing.gguf"), "--n-ctx", value, "hi")
     assert_user_error(proc, 2, f"n_ctx must be an integer >= 0 (0: the model's trained context), got {value}")

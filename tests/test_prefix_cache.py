@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unite_llm.members.base import common_prefix
 from unite_llm.members.llama_cpp import PREFILL_CHUNK
 
 SHOTS = (
@@ -66,7 +67,6 @@ def test_a_shared_prefix_is_still_reused(real_member):
     before = m.n_evaluated
     m.start_sequence()
     m.next_logits(b)
-    shared = sum(1 for _ in zip(a, b)) if a == b else next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
-    reused = shared // PREFILL_CHUNK * PREFILL_CHUNK
+    reused = common_prefix(a, b) // PREFILL_CHUNK * PREFILL_CHUNK
     assert reused >= PREFILL_CHUNK
     assert m.n_evaluated - before == len(b) - reused

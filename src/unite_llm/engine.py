@@ -174,8 +174,9 @@ class Ensemble:
         self.parallel = len(self.members) > 1 if parallel is None else bool(parallel)
         self._pool: ThreadPoolExecutor | None = None
         # Keep each member's KV cache across generations (a shared few-shot prefix is
-        # evaluated once).  Off: every generation starts cold, so its output depends on its
-        # prompt alone, not on what ran before (see members.base.reset_cache).
+        # evaluated once).  llama.cpp members reuse only what their prompt plan would compute
+        # itself, so outputs depend on the prompt alone either way (members.base.start_sequence);
+        # off, every generation starts cold (members.base.reset_cache).
         self.prefix_cache = prefix_cache
         self._subtoken_cache: list[dict[bytes, int | None]] = [{} for _ in members]
 
@@ -200,7 +201,8 @@ class Ensemble:
         in-process llama.cpp members then split the CPU cores between them unless
         ``n_threads`` is given.  ``ray_address`` joins that Ray cluster for ``ray:``
         members (default: a local one, started on first use).  ``prefix_cache=False``
-        starts every generation from a cold KV cache (output independent of history).
+        starts every generation from a cold KV cache (for llama.cpp members the same output,
+        which is history-independent either way, only slower).
         ``chat_templates`` forces a chat template on members that lack one (``{"gemma3-270m":
         "gemma"}``: a builtin name, a Jinja file or Jinja text; keys are member names or specs).
         """

@@ -38,7 +38,7 @@ def serve(
     ] = None,
     prefix_cache: Annotated[
         bool,
-        typer.Option(help="Keep KV caches across requests (faster); off, each answer depends on its prompt alone."),
+        typer.Option(help="Keep KV caches across requests (aligned chunks only: answers still depend on the prompt alone)."),
     ] = True,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log every step to stderr.")] = False,
 ) -> None:
