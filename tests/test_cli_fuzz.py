@@ -15,34 +15,52 @@ from unite_llm.cli import app
 
 USER_EXIT_CODES = {0, 2, 3, 4}
 
-OPTIONS = {
-    "--seed": ["-1", "-2", "0", "7", str(2**70), str(-(2**70)), "x", "1.5", ""],
-    "--temperature": ["0", "0.7", "nan", "inf", "-inf", "-1", "1e308", "x"],
-    "--top-p": ["1", "0.5", "0", "-1", "nan", "2"],
-    "--k": ["1", "10", "0", "-3", "x"],
-    "--weights": ["1", "0.5,0.5", "-1", "nan", "inf", "x", ""],
-    "--n-ctx": ["-1", "0", "16", "64", "256", str(2**31), str(2**40), "x"],
-    "--threads": ["1", "0", "-1", "x"],
-    "--stop": ["", "\n", "a", "é"],
-    "--method": ["unite", "bogus", ""],
-    "--primary": ["smollm2-135m-instruct", "nobody"],
-    "--system": ["Be brief.", ""],
+# Each option: values a user may validly pass, and values that must be refused.
+GOOD = {
+    "-m": ["smollm2-135m-instruct"],
+    "-n": ["0", "1", "2"],
+    "--seed": ["-1", "-2", "0", "7", str(2**70), str(-(2**70))],
+    "--temperature": ["0", "0.7", "1e308"],
+    "--top-p": ["1", "0.5"],
+    "--k": ["1", "10"],
+    "--n-ctx": ["0", "64", "256"],
+    "--threads": ["1"],
+    "--stop": ["\n", "a", "é"],
+    "--method": ["unite"],
+    "--primary": ["smollm2-135m-instruct"],
+    "--weights": ["1"],
+}
+BAD = {
+    "-m": ["no-such-model", "/nonexistent/model.gguf", "", "bogus:thing"],
+    "-n": ["-1", "x", "1.5"],
+    "--seed": ["x", "1.5", ""],
+    "--temperature": ["nan", "inf", "-inf", "-1", "x"],
+    "--top-p": ["0", "-1", "nan", "2"],
+    "--k": ["0", "-3", "x"],
+    "--n-ctx": ["-1", "8", str(2**31), str(2**40), "x"],
+    "--threads": ["0", "-1", "x"],
+    "--stop": [""],
+    "--method": ["bogus", ""],
+    "--primary": ["nobody"],
+    "--weights": ["0.5,0.5", "-1", "nan", "inf", "x", ""],
+    "--system": ["Be brief."],  # without --chat
     "--config": ["/nonexistent/ens.yaml"],
 }
 FLAGS = ["--json", "--explain", "--chat", "--ignore-eos", "--sequential"]
-MODELS = ["smollm2-135m-instruct", "no-such-model", "/nonexistent/model.gguf", "", "bogus:thing"]
+PROMPTS = st.sampled_from(["Hello", "The capital of France is", "é" * 10, "\x00", "\ud800", "-", "--", ""]) | st.text(max_size=30)
 
 
 @st.composite
 def command_lines(draw) -> list[str]:
-    args = ["generate", "-m", draw(st.sampled_from(MODELS)), "-n", draw(st.sampled_from(["0", "1", "2", "-1", "x"]))]
-    for opt in draw(st.lists(st.sampled_from(sorted(OPTIONS)), max_size=4, unique=True)):
-        args += [opt, draw(st.sampled_from(OPTIONS[opt]))]
+    """A valid cheap command line, the same with one or several bad values."""
+    n_bad = draw(st.sampled_from([0, 0, 0, 1, 1, 2]))
+    bad = set(draw(st.lists(st.sampled_from(sorted(BAD)), min_size=n_bad, max_size=n_bad, unique=True)))
+    chosen = {"-m", "-n", "--threads"} | set(draw(st.lists(st.sampled_from(sorted(GOOD)), max_size=4, unique=True))) | bad
+    args = ["generate"]
+    for opt in sorted(chosen):
+        args += [opt, draw(st.sampled_from(BAD[opt] if opt in bad else GOOD[opt]))]
     args += draw(st.lists(st.sampled_from(FLAGS), max_size=2, unique=True))
-    if "--threads" not in args:
-        args += ["--threads", "1"]
-    prompt = draw(st.text(max_size=30) | st.sampled_from(["Hello", "\x00", "\ud800", "-", "--", "é" * 10]))
-    return [*args, "--", prompt]
+    return [*args, "--", draw(PROMPTS)]
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)

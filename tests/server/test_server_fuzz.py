@@ -33,10 +33,7 @@ json_values = st.recursive(
 
 # Values that are invalid, or valid and cheap: never a budget above 2 tokens.
 budgets = st.sampled_from([0, 1, 2, -1, -(2**40), 2**31, 10**9, 1.5, "2", True, [], {}])
-temperatures = st.sampled_from([0, 0.0, 0.7, 1.0, 2.0, -0.1, 2.5, math.nan, math.inf, "hot", None, True])
-seeds = st.sampled_from([None, 0, 7, -1, -2, 2**32, 2**64 + 5, -(2**70), 1.5, "42", True, [1]])
-stops = st.sampled_from([None, "\n", "", ["\n"], [""], ["a"] * 10, 5, [1, 2], {"x": 1}])
-texts = st.text(max_size=40) | st.sampled_from(["Hello", "The capital of France is", "\x00", "\ud800", "é" * 30])
+texts = st.text(max_size=40) | st.sampled_from(["Hello", "The capital of France is", "\x00", "\ud800", "é" * 30, ""])
 prompts = texts | st.lists(texts, min_size=0, max_size=2) | st.lists(st.integers(-5, 70000), max_size=3) | json_values
 roles = st.sampled_from(["user", "system", "assistant", "developer", "tool", "", 3])
 messages = st.lists(
@@ -46,36 +43,68 @@ messages = st.lists(
     ),
     max_size=3,
 )
-options = {
-    "temperature": temperatures,
-    "top_p": st.sampled_from([1.0, 0.5, 0.0, -1, 1.5, math.nan, "x"]),
-    "seed": seeds,
-    "stop": stops,
-    "stream": st.sampled_from([True, False, "yes", None, 1]),
-    "stream_options": st.sampled_from([None, {"include_usage": True}, {"include_usage": "x"}, [], 3]),
-    "n": st.sampled_from([1, 2, 0, -1, "1"]),
-    "logprobs": st.sampled_from([None, 0, 2, 21, -1, True, False, "x"]),
-    "top_logprobs": st.sampled_from([None, 0, 3, 21, -1]),
-    "unite": st.sampled_from([None, {"explain": True}, {"union": True}, {"bogus": 1}, "x"]),
-    "ignore_eos": st.sampled_from([False, True, "x"]),
-    "presence_penalty": st.sampled_from([0, 0.5, 3, "x"]),
-    "logit_bias": st.sampled_from([None, {}, {"1": 5}, {"x": "y"}]),
-    "echo": st.sampled_from([False, True]),
-    "best_of": st.sampled_from([None, 1, 2, 0]),
+# Each option: values a client may validly send, and values it should not.
+GOOD = {
+    "temperature": [0, 0.5, 1.0, 2.0],
+    "top_p": [1.0, 0.5, 0.01],
+    "seed": [None, 0, 7, -1, -2, 2**64 + 5, -(2**70)],
+    "stop": [None, "\n", ["\n", "."], " Paris", ["a", "b", "c", "d"]],
+    "stream": [False, True],
+    "logprobs": [None, 0, 2, 20],
+    "unite": [None, {"explain": True}, {"union": True}],
+    "ignore_eos": [False, True],
+    "user": ["someone"],
+}
+BAD = {
+    "temperature": [-0.1, 2.5, math.nan, math.inf, "hot", None, [1]],
+    "top_p": [0.0, -1, 1.5, math.nan, "x"],
+    "seed": [1.5, "42", [1], 2.0**80],
+    "stop": ["", [""], 5, [1, 2], {"x": 1}],
+    "stream": ["yes", None, 2],
+    "stream_options": [{"include_usage": True}, {"include_usage": "x"}, [], 3],
+    "n": [2, 0, -1, "many"],
+    "logprobs": [21, -1, "x"],
+    "top_logprobs": [3, 21, -1],
+    "unite": [{"bogus": 1}, "x"],
+    "ignore_eos": ["x", 3],
+    "presence_penalty": [0.5, 3, "x"],
+    "logit_bias": [{"1": 5}, {"x": "y"}],
+    "echo": [True],
+    "suffix": ["!"],
+    "best_of": [2, 0],
+    "max_tokens": [-1, -(2**40), 2**31, 10**9, 1.5, "2", [], {}],
+    "max_completion_tokens": [-1, 10**9, "x"],
+    "model": ["gpt-4", "", 5, None],
+    "prompt": [[], [1, 2], [[1], [2]], None, 5, {"a": 1}],
+    "messages": [[], None, "hi", [{"role": "user"}], [{"role": "tool", "content": "x"}], [{"content": "x"}]],
 }
 
 
-def completion_bodies(model: str) -> st.SearchStrategy:
-    return st.fixed_dictionaries(
-        {"model": st.sampled_from([model, "gpt-4", "", 5]), "prompt": prompts, "max_tokens": budgets}, optional=options
-    )
-
-
-def chat_bodies(model: str) -> st.SearchStrategy:
-    return st.fixed_dictionaries(
-        {"model": st.sampled_from([model, "nope"]), "messages": messages | json_values, "max_tokens": budgets},
-        optional=options | {"max_completion_tokens": budgets},
-    )
+@st.composite
+def bodies(draw, model: str, chat: bool) -> object:
+    """A valid cheap request, the same with one or two bad fields, a request of anything, or any JSON."""
+    kind = draw(st.sampled_from(["valid", "one_bad", "many_bad", "json"]))
+    if kind == "json":
+        return draw(json_values)
+    body: dict[str, object] = {"model": model, "max_tokens": draw(st.integers(0, 2))}
+    if chat:
+        body["messages"] = [{"role": "user", "content": draw(texts)}]
+    else:
+        body["prompt"] = draw(texts)
+    for key in draw(st.lists(st.sampled_from(sorted(GOOD)), max_size=4, unique=True)):
+        body[key] = draw(st.sampled_from(GOOD[key]))
+    n_bad = {"valid": 0, "one_bad": 1, "many_bad": draw(st.integers(2, 5))}[kind]
+    for key in draw(st.lists(st.sampled_from(sorted(BAD)), min_size=n_bad, max_size=n_bad, unique=True)):
+        body[key] = draw(st.sampled_from(BAD[key]) | (json_values if kind == "many_bad" else st.nothing()))
+    if kind == "many_bad":
+        if draw(st.booleans()):
+            body["prompt" if not chat else "messages"] = draw(prompts if not chat else messages | json_values)
+    if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+        body["max_tokens"] = 1  # unset would mean the server's default length: keep it cheap
+    for key in ("max_tokens", "max_completion_tokens"):
+        if isinstance(body.get(key), int) and 2 < body[key] < 10**6:  # would fit a context: keep it cheap
+            body[key] = 2
+    return body
 
 
 @pytest.fixture(scope="module")
@@ -107,17 +136,13 @@ def post(http: httpx.Client, path: str, body: object) -> httpx.Response:
 @FUZZ
 @given(data=st.data())
 def test_completions_never_500(http, server, data):
-    body = data.draw(completion_bodies(server.model) | json_values)
-    if isinstance(body, dict) and body.get("model") == server.model and "max_tokens" not in body:
-        body["max_tokens"] = 1
-    check(post(http, "/v1/completions", body))
+    check(post(http, "/v1/completions", data.draw(bodies(server.model, chat=False))))
 
 
 @FUZZ
 @given(data=st.data())
 def test_chat_completions_never_500(http, server, data):
-    body = data.draw(chat_bodies(server.model) | json_values)
-    check(post(http, "/v1/chat/completions", body))
+    check(post(http, "/v1/chat/completions", data.draw(bodies(server.model, chat=True))))
 
 
 @FUZZ
