@@ -70,3 +70,21 @@ def test_a_shared_prefix_is_still_reused(real_member):
     reused = common_prefix(a, b) // PREFILL_CHUNK * PREFILL_CHUNK
     assert reused >= PREFILL_CHUNK
     assert m.n_evaluated - before == len(b) - reused
+
+
+def test_a_generation_after_scoring_reuses_the_scored_chunks(real_member):
+    """PackLLM scores the prompt, then generates from it: scored chunks lie on the prompt
+    plan's boundaries, so the generation reuses them and its logits are still a cold run's."""
+    m = real_member
+    a = m.tokenize(f"{SHOTS}Question: where is rome?\nAnswer:".encode(), add_bos=True)
+    b = m.tokenize(f"{SHOTS}Question: what is two plus two?\nAnswer:".encode(), add_bos=True)
+    ref_a, ref_b = cold(m, a), cold(m, b)
+    m.reset()
+    m.score(a, 1)
+    n = m.n_evaluated
+    m.start_sequence()
+    assert np.array_equal(m.next_logits(a), ref_a)
+    assert m.n_evaluated - n == len(a) - (len(a) - 1) // PREFILL_CHUNK * PREFILL_CHUNK
+    m.score(a, 1)
+    m.start_sequence()
+    assert np.array_equal(m.next_logits(b), ref_b)

@@ -286,9 +286,12 @@ class LlamaCppMember:
         self.llm._ctx.kv_cache_seq_rm(-1, keep, -1)
         self.llm.n_tokens = keep
         chunk = min(_SCORE_CHUNK, self.llm.n_batch)
+        # Chunks end on the prompt plan's aligned boundaries, so that from an aligned start the
+        # cache holds the same whole chunks a generation's prompt plan computes (reusable by it).
+        on_plan = chunk == PREFILL_CHUNK and keep % chunk == 0 and keep <= self._aligned
         pos = keep
         while pos < n - 1:  # the logits at positions pos .. predict tokens pos+1 ..
-            batch = tokens[pos : min(pos + chunk, n - 1)]
+            batch = tokens[pos : min((pos // chunk + 1) * chunk, n - 1)]
             self.llm._batch.set_batch(batch=batch, n_past=pos, logits_all=True)
             self.llm._ctx.decode(self.llm._batch)
             self.n_evaluated += len(batch)
@@ -303,7 +306,7 @@ class LlamaCppMember:
         self.llm.n_tokens = pos
         self.llm.input_ids[:pos] = tokens[:pos]
         self._context = tokens[:pos]
-        self._aligned = min(self._aligned, keep - keep % PREFILL_CHUNK)  # scored batches are not the prompt plan
+        self._aligned = (n - 1) // chunk * chunk if on_plan else min(self._aligned, keep - keep % PREFILL_CHUNK)
         self._scored_tokens, self._scored = tokens, lp_all
         return lp_all[start:].copy()
 
