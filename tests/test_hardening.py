@@ -104,8 +104,11 @@ def test_generation_config_refuses_nan_and_inf():
 
 @pytest.mark.parametrize("value", ["-1", "-4096", "2147483648"])
 def test_negative_n_ctx_fails_before_models_load(value, tmp_path):
+    message = f"n_ctx must be an integer >= 0 (0: the model's trained context), got {value}"
     proc = run("generate", "-m", str(tmp_path / "missing.gguf"), "--n-ctx", value, "hi")
-    assert_user_error(proc, 2, f"n_ctx must be an integer >= 0 (0: the model's trained context), got {value}")
+    assert_user_error(proc, 2, message)
+    proc = run("eval", "--task", "nq", "-m", str(tmp_path / "missing.gguf"), "--n-ctx", value, "--out", str(tmp_path / "o"))
+    assert_user_error(proc, 2, message)
 
 
 def test_n_ctx_zero_is_the_trained_context():

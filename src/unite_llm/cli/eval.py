@@ -99,7 +99,7 @@ def eval_cmd(
         if m != "single":
             make_method(m, k=k_val)
     opts = dict(cfg.member_options)
-    if n_ctx:
+    if n_ctx is not None:  # 0: the trained context, as for generate
         opts["n_ctx"] = n_ctx
     if threads:
         opts["n_threads"] = threads
