@@ -15,6 +15,7 @@ Questions prompts with little in common).  For each: wall time, prefill time, to
 members evaluated, and how many greedy texts differ from the cold ones.
 
     .venv/bin/python bench/bench_prefix_cache.py --n 24 --out bench/results/prefix_cache.json
+    .venv/bin/python bench/bench_prefix_cache.py --n 24 --chunk 16 --out bench/results/prefix_cache_chunk16.json
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 
 from unite_llm import Ensemble
 from unite_llm.eval.tasks import Task
+from unite_llm.members import llama_cpp as llama_cpp_member
 from unite_llm.members.llama_cpp import PREFILL_CHUNK, LlamaCppMember
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,18 +73,21 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=24, help="prompts per workload")
     ap.add_argument("--max-new-tokens", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--chunk", type=int, default=None, help="override PREFILL_CHUNK (default: the library's)")
     ap.add_argument("-m", "--model", action="append", default=None, help="member (repeat); default: SmolLM2-135M + Gemma-3-270M")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     report: dict[str, Any] = {
         "members": None,
-        "prefill_chunk": PREFILL_CHUNK,
+        "prefill_chunk": args.chunk or PREFILL_CHUNK,
         "n_prompts": args.n,
         "max_new_tokens": args.max_new_tokens,
         "threads_per_member": args.threads,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "workloads": {},
     }
+    if args.chunk:
+        llama_cpp_member.PREFILL_CHUNK = args.chunk  # read at each prefill
     specs = args.model or ["smollm2-135m-instruct", "gemma3-270m"]
     with Ensemble.load(specs, n_ctx=2048, n_threads=args.threads) as ens:
         report["members"] = ens.names
