@@ -13,6 +13,7 @@ import pytest
 
 from unite_llm.engine import Ensemble
 from unite_llm.members.base import log_softmax, token_logprobs
+from unite_llm.members.llama_cpp import PREFILL_CHUNK
 from unite_llm.methods.base import END
 from unite_llm.methods.deepen import GIB, DeePEn, OutOfMemoryError, current_rss
 from unite_llm.methods.gac import GaC
@@ -45,8 +46,9 @@ def test_score_matches_a_fresh_prefill_per_position(real_member) -> None:
     assert np.all(batched < 0)
     real_member.score(tokens, 2)
     n = real_member.n_evaluated
-    real_member.next_logits(tokens)  # the KV cache holds the scored tokens: one new evaluation
-    assert real_member.n_evaluated - n == 1
+    real_member.start_sequence()
+    real_member.next_logits(tokens)  # a generation reuses the whole aligned chunks scored, evaluates the rest
+    assert real_member.n_evaluated - n == len(tokens) - (len(tokens) - 1) // PREFILL_CHUNK * PREFILL_CHUNK
 
 
 def test_score_reuses_a_shared_prefix_scored_before(real_member) -> None:

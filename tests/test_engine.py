@@ -9,7 +9,8 @@ import pytest
 
 from unite_llm import Ensemble, GenerationConfig
 from unite_llm.errors import ContextLengthError, InvalidConfigError, InvalidInputError
-from unite_llm.members.llama_cpp import LlamaCppMember
+from unite_llm.members.base import common_prefix
+from unite_llm.members.llama_cpp import PREFILL_CHUNK, LlamaCppMember
 
 PROMPTS = [
     "The capital of France is",
@@ -89,12 +90,23 @@ def test_no_member_re_encodes_the_context(pair):
 
 
 def test_kv_cache_prefix_is_reused_across_generations(pair):
-    shared = "Question: what is the boiling point of water at sea level in Celsius?\nAnswer:"
-    pair.generate(shared, max_new_tokens=2)
+    shared = (
+        "Question: what is the boiling point of water at sea level in Celsius?\nAnswer: 100 degrees\n\n"
+        "Question: what is the freezing point of water at sea level in Celsius?\nAnswer: 0 degrees\n\n"
+        "Question: at what temperature are Celsius and Fahrenheit equal?\nAnswer: minus 40\n\n"
+    )
+    first = shared + "Question: and in Fahrenheit?\nAnswer:"
+    second = shared + "Question: what is the boiling point of water in Kelvin?\nAnswer:"
+    pair.generate(first, max_new_tokens=1)
     before = [m.n_evaluated for m in pair.members]
-    pair.generate(shared + " 100 degrees. Question: and in Fahrenheit?\nAnswer:", max_new_tokens=2)
+    pair.generate(second, max_new_tokens=1)  # one step: the prompt is all that is evaluated
     for m, b in zip(pair.members, before):
-        assert m.n_evaluated - b < 30  # only the new question, not the shared prefix
+        a, c = (m.tokenize(t.encode(), add_bos=True) for t in (first, second))
+        # Only whole aligned chunks of the shared prefix are reused (history-independent reuse):
+        # the new question and the partial chunk before it are evaluated again.
+        reused = common_prefix(a, c) // PREFILL_CHUNK * PREFILL_CHUNK
+        assert reused >= 2 * PREFILL_CHUNK, m.name
+        assert m.n_evaluated - b == len(c) - reused, m.name
 
 
 def test_stop_string_spanning_steps_is_not_emitted(pair):
@@ -135,9 +147,10 @@ def test_primary_mode_follows_the_primary_tokens(smol, gemma):
     before = gemma.n_evaluated
     out = ens.generate(prompt, max_new_tokens=24, ignore_eos=True)
     # Gemma appends one of its own tokens per step and never rolls back: exactly one
-    # evaluated token per step (the prompt is already cached; the first step re-evaluates
-    # the last prompt token to get fresh logits).
-    assert gemma.n_evaluated - before == out.timing.steps
+    # evaluated token per step after the prompt.  The prompt holds no whole aligned chunk
+    # (the only part of a cache reused across generations), so it is evaluated again.
+    assert out.prompt_tokens["gemma3-270m"] < PREFILL_CHUNK
+    assert gemma.n_evaluated - before == out.prompt_tokens["gemma3-270m"] + out.timing.steps - 1
     # canonical mode on the same prompt re-tokenizes Gemma's view; output may differ,
     # but both are valid continuations made of Gemma-spellable bytes
     ids = gemma.vocab.encode(out.output_bytes, gemma.tokenize)

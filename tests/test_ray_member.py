@@ -137,3 +137,15 @@ def test_primary_mode_through_ray_matches(ray_pair, smol, gemma):
     local = Ensemble([smol, gemma], primary="gemma3-270m", parallel=False).generate(PROMPT, max_new_tokens=10)
     remote = Ensemble(ray_pair.members, primary="gemma3-270m", parallel=False).generate(PROMPT, max_new_tokens=10)
     assert remote.text == local.text
+
+
+def test_ray_pair_with_prefix_cache_is_history_independent(ray_pair, smol, gemma):
+    """The actor is told where a generation starts (with its first step), so reuse across
+    requests follows the prompt plan there too: the same text as a cold in-process run."""
+    shots = "".join(f"Question: what is {a} plus {b}?\nAnswer: {a + b}\n\n" for a, b in [(2, 3), (10, 7), (6, 6), (40, 2)])
+    target = shots + "Question: what is 12 plus 30?\nAnswer:"
+    local = Ensemble([smol, gemma], parallel=False, prefix_cache=False).generate(target, max_new_tokens=8).text
+    assert ray_pair.prefix_cache
+    for before in (shots + "Question: what is 1 plus 1?\nAnswer:", PROMPT, target):
+        ray_pair.generate(before, max_new_tokens=4)
+        assert ray_pair.generate(target, max_new_tokens=8).text == local

@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import InvalidConfigError
 from .members import Member, forward_rows, load_member, split_spec, supports_batch
-from .members.base import reset_cache
+from .members.base import reset_cache, start_sequence
 from .methods import make_method
 from .methods.base import END, MemberScores, StepDistribution, StepMethod, candidate_text
 from .models import DEFAULT_ENSEMBLE
@@ -174,8 +174,9 @@ class Ensemble:
         self.parallel = len(self.members) > 1 if parallel is None else bool(parallel)
         self._pool: ThreadPoolExecutor | None = None
         # Keep each member's KV cache across generations (a shared few-shot prefix is
-        # evaluated once).  Off: every generation starts cold, so its output depends on its
-        # prompt alone, not on what ran before (see members.base.reset_cache).
+        # evaluated once).  llama.cpp members reuse only what their prompt plan would compute
+        # itself, so outputs depend on the prompt alone either way (members.base.start_sequence);
+        # off, every generation starts cold (members.base.reset_cache).
         self.prefix_cache = prefix_cache
         self._subtoken_cache: list[dict[bytes, int | None]] = [{} for _ in members]
 
@@ -200,7 +201,8 @@ class Ensemble:
         in-process llama.cpp members then split the CPU cores between them unless
         ``n_threads`` is given.  ``ray_address`` joins that Ray cluster for ``ray:``
         members (default: a local one, started on first use).  ``prefix_cache=False``
-        starts every generation from a cold KV cache (output independent of history).
+        starts every generation from a cold KV cache (for llama.cpp members the same output,
+        which is history-independent either way, only slower).
         ``chat_templates`` forces a chat template on members that lack one (``{"gemma3-270m":
         "gemma"}``: a builtin name, a Jinja file or Jinja text; keys are member names or specs).
         """
@@ -418,9 +420,10 @@ class Ensemble:
         emitted = 0
         steps: list[StepRecord] = []
         finish, stop_reason = "length", None
-        if not self.prefix_cache:
-            for m in self.members:
+        for m in self.members:
+            if not self.prefix_cache:
                 reset_cache(m)
+            start_sequence(m)  # the prompt is evaluated by a plan that depends on it alone
 
         prepare = getattr(self.method, "prepare", None)
         if prepare is not None:  # optional hook: set-up that needs the members or the prompt

@@ -23,6 +23,13 @@ class ModelNotFoundError(UniteError):
     http_status = 404
 
 
+class ModelFileError(ModelNotFoundError):
+    """A model file that exists but cannot be loaded: not a GGUF file, empty or truncated.
+
+    Same exit code as a missing file: either way the model named cannot be used.
+    """
+
+
 class ContextLengthError(UniteError):
     """A prompt that does not fit a member's context window."""
 

@@ -3,10 +3,18 @@
 Mirrors vLLM's ``SamplingParams``: temperature 0 is greedy; otherwise the union
 distribution is tempered, cut to its top-p nucleus and sampled with a seeded
 generator, so the same seed gives the same text.
+
+Seeds follow llama.cpp, whose users pass ``-1`` for "any seed": ``-1`` (like no seed)
+draws a fresh random one; any other negative integer is read as the unsigned 32-bit
+number llama.cpp would read (``-2`` -> ``4294967294``); zero and positive integers are
+used as given.  The CLI, the Python API and the server all go through this class, so
+the rule is the same everywhere.
 """
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -29,18 +37,39 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
             raise InvalidConfigError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise InvalidConfigError(f"temperature must be >= 0, got {self.temperature}")
+        # NaN passes a "< 0" test and only fails when sampling, after the models have loaded.
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise InvalidConfigError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise InvalidConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         if any(not s for s in self.stop):
             raise InvalidConfigError("stop strings must not be empty")
+        self.seed = normalize_seed(self.seed)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+
+def normalize_seed(seed: int | None) -> int | None:
+    """A seed numpy accepts, by llama.cpp's rule (see the module docstring).
+
+    numpy's generators refuse negative seeds; a user who types ``--seed -1`` (llama.cpp's
+    "random") or sends ``"seed": -1`` must get an answer, not a traceback or a 500.
+    """
+    if seed is None:
+        return None
+    try:
+        if isinstance(seed, bool):
+            raise TypeError
+        value = operator.index(seed)  # ints and numpy integers; not floats, strings or bools
+    except TypeError:
+        raise InvalidConfigError(f"seed must be an integer, got {seed!r}") from None
+    if value == -1:
+        return None
+    return value % 2**32 if value < 0 else value
 
 
 def choose(probs: np.ndarray, config: GenerationConfig, rng: np.random.Generator) -> int:

@@ -66,6 +66,10 @@ def eval_cmd(
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", "-n", help="Override the task's budget.")] = None,
     validation: Annotated[bool, typer.Option(help="Use the task's validation split.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Discard stored results made with other settings.")] = False,
+    drop_damaged: Annotated[
+        bool,
+        typer.Option("--drop-damaged", help="Move stored result lines that cannot be read to <file>.damaged and continue."),
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     n_ctx: Annotated[Optional[int], typer.Option("--n-ctx", help="Context window per member.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads per member.")] = None,
@@ -95,7 +99,7 @@ def eval_cmd(
         if m != "single":
             make_method(m, k=k_val)
     opts = dict(cfg.member_options)
-    if n_ctx:
+    if n_ctx is not None:  # 0: the trained context, as for generate
         opts["n_ctx"] = n_ctx
     if threads:
         opts["n_threads"] = threads
@@ -113,6 +117,7 @@ def eval_cmd(
             setting=setting,
             progress=progress,
             overwrite=overwrite,
+            drop_damaged=drop_damaged,
             validation=validation,
             max_new_tokens=max_new_tokens,
             title=title,

@@ -32,9 +32,13 @@ def serve(
     default_max_tokens: Annotated[
         int, typer.Option("--default-max-tokens", help="Completion length when a request sets no max_tokens (chat).")
     ] = 512,
+    max_request_bytes: Annotated[
+        Optional[int],
+        typer.Option("--max-request-bytes", help="Largest request body accepted (default 2 MiB); larger ones get HTTP 413."),
+    ] = None,
     prefix_cache: Annotated[
         bool,
-        typer.Option(help="Keep KV caches across requests (faster); off, each answer depends on its prompt alone."),
+        typer.Option(help="Keep KV caches across requests (aligned chunks only: answers still depend on the prompt alone)."),
     ] = True,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log every step to stderr.")] = False,
 ) -> None:
@@ -49,6 +53,8 @@ def serve(
         raise InvalidConfigError(f"--port must be 1-65535, got {port}")
     if max_queue < 1:
         raise InvalidConfigError(f"--max-queue must be >= 1, got {max_queue}")
+    if max_request_bytes is not None and max_request_bytes < 1:
+        raise InvalidConfigError(f"--max-request-bytes must be >= 1, got {max_request_bytes}")
     setup_logging(verbose)
     ens, _cfg = build_ensemble(
         model,
@@ -62,6 +68,13 @@ def serve(
         chat_templates=chat_template,
     )
     ens.prefix_cache = prefix_cache
-    api = create_app(ens, model_name, max_queue=max_queue, default_max_tokens=default_max_tokens, close_ensemble=True)
+    api = create_app(
+        ens,
+        model_name,
+        max_queue=max_queue,
+        default_max_tokens=default_max_tokens,
+        close_ensemble=True,
+        **({"max_request_bytes": max_request_bytes} if max_request_bytes is not None else {}),
+    )
     typer.echo(f"serving {api.state.model_name} on http://{host}:{port}  (playground: http://{host}:{port}/)", err=True)
     uvicorn.run(api, host=host, port=port, log_level="info" if verbose else "warning")

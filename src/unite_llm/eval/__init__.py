@@ -58,6 +58,7 @@ def evaluate_systems(
     title: str = "Evaluation",
     command: str = "",
     reports: bool = True,
+    drop_damaged: bool = False,
 ) -> dict[str, Any]:
     """Run every system on every task (resuming), write reports, return the summary."""
     loaded = [t if isinstance(t, Task) else Task.load(t, setting=setting, datasets_dir=datasets_dir) for t in tasks]
@@ -87,7 +88,16 @@ def evaluate_systems(
             }
             verdicts: dict[str, list[bool]] = {}
             for system in systems:
-                results = run_task(task, system, items, out, progress=bar, overwrite=overwrite, max_new_tokens=max_new_tokens)
+                results = run_task(
+                    task,
+                    system,
+                    items,
+                    out,
+                    progress=bar,
+                    overwrite=overwrite,
+                    max_new_tokens=max_new_tokens,
+                    drop_damaged=drop_damaged,
+                )
                 entry["systems"][system.label] = summarize(results, by_group=task.spec.group_by is not None)
                 verdicts[system.label] = [bool(r["correct"]) for r in results]
             _compare_with_best_single(entry, systems, verdicts)

@@ -133,8 +133,43 @@ def build_systems(
 # -- the per-item results file ------------------------------------------------------------------
 
 
-def read_results(path: Path, *, repair: bool = True) -> dict[str, dict[str, Any]]:
-    """Finished items by id.  A last line cut off by a kill is dropped (and cut from the file)."""
+_NUMBERS = ("tokens", "chars", "time_s", "mean_union")
+
+
+def result_problem(rec: Any) -> str | None:
+    """Why a parsed line is not a result this runner wrote, or None when it is one.
+
+    Resuming trusts every line it keeps (ids are skipped, ``correct`` is summed, the
+    numbers are averaged), so anything else is damage to report, not to crash on.
+    """
+    if not isinstance(rec, dict):
+        return f"a JSON {type(rec).__name__}, not an object"
+    rid = rec.get("id")
+    if rid is None:
+        return 'no "id"'
+    if isinstance(rid, bool) or not isinstance(rid, str | int):
+        return f'"id" is {rid!r}, not a string'
+    if not isinstance(rec.get("correct"), bool):
+        return f'"correct" is {rec.get("correct")!r}, not true or false'
+    for key in _NUMBERS:
+        v = rec.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return f'"{key}" is {v!r}, not a number'
+    return None
+
+
+def _damaged_path(path: Path) -> Path:
+    return path.with_name(path.name + ".damaged")
+
+
+def read_results(path: Path, *, repair: bool = True, drop_damaged: bool = False) -> dict[str, dict[str, Any]]:
+    """Finished items by id.  A last line cut off by a kill is dropped (and cut from the file).
+
+    Any other line that is not a result (not JSON, not an object, no ``id``, ...) is
+    damage: an error naming the file and line, or with ``drop_damaged`` (and ``repair``)
+    the damaged lines are appended to ``<file>.damaged`` and removed from the file, so the
+    run continues and nothing is lost.
+    """
     if not path.is_file():
         return {}
     data = path.read_bytes()
@@ -145,15 +180,48 @@ def read_results(path: Path, *, repair: bool = True) -> dict[str, dict[str, Any]
                 f.truncate(cut)
         data = data[:cut]
     out: dict[str, dict[str, Any]] = {}
+    good: list[bytes] = []
+    damaged: list[tuple[int, bytes, str]] = []
     for n, line in enumerate(data.splitlines(), 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
-            raise InvalidConfigError(f"{path}:{n} is not a result line; remove the file to start over") from None
+        except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
+            rec, problem = None, f"not valid JSON ({err.__class__.__name__}: {err})"
+        else:
+            problem = result_problem(rec)
+        if problem is not None:
+            damaged.append((n, line, problem))
+            continue
+        good.append(line)
         out.setdefault(str(rec["id"]), rec)
+    if damaged and not (drop_damaged and repair):
+        n, _, problem = damaged[0]
+        more = f" ({len(damaged)} damaged lines in all)" if len(damaged) > 1 else ""
+        raise InvalidConfigError(
+            f"{path}:{n} is not a result line: {problem}{more}; fix or remove it, or re-run with --drop-damaged "
+            f"to move damaged lines to {_damaged_path(path).name} and continue"
+        )
+    if damaged:
+        target = path.resolve()  # through a symlink (results shared between folders)
+        with _damaged_path(target).open("ab") as f:  # first the copy, so a kill in between loses nothing
+            f.write(b"".join(line + b"\n" for _, line, _ in damaged))
+            f.flush()
+            os.fsync(f.fileno())
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_bytes(b"".join(line + b"\n" for line in good))
+        os.replace(tmp, target)
     return out
+
+
+def _read_meta(meta_path: Path, old: bytes) -> dict[str, Any] | None:
+    """The settings stored in a meta file; None when it is damaged (not a JSON object)."""
+    try:
+        previous = json.loads(old)
+    except ValueError:
+        return None
+    return previous if isinstance(previous, dict) else None
 
 
 @contextmanager
@@ -167,17 +235,25 @@ def _locked_run(meta_path: Path, meta: dict[str, Any], *, overwrite: bool) -> It
         except BlockingIOError:
             raise InvalidConfigError(f"another run is writing {meta_path.parent}; wait for it or use another --out") from None
         old = os.read(fd, 1 << 20)
-        if old.strip():
-            previous = json.loads(old)
-            if previous != meta and not overwrite:
-                diff = sorted(k for k in set(previous) | set(meta) if previous.get(k) != meta.get(k))
-                raise InvalidConfigError(
-                    f"{meta_path.with_suffix('').with_suffix('.jsonl')} holds results of other settings "
-                    f"(differs in: {', '.join(diff)}); use another --out or --overwrite"
-                )
-            if previous != meta and overwrite:
-                jsonl = meta_path.parent / (meta_path.name.removesuffix(".meta.json") + ".jsonl")
-                jsonl.unlink(missing_ok=True)
+        jsonl = meta_path.parent / (meta_path.name.removesuffix(".meta.json") + ".jsonl")
+        previous = _read_meta(meta_path, old) if old.strip() else meta
+        if previous is None:
+            # Which settings made the lines is unknown, so they can be neither trusted nor
+            # mixed with new ones.  With no results there is nothing to lose: rebuild it.
+            if jsonl.is_file() and jsonl.stat().st_size:
+                if not overwrite:
+                    raise InvalidConfigError(
+                        f"{meta_path} is damaged (not a JSON object), so the settings that made {jsonl.name} are "
+                        "unknown; restore it, use another --out, or --overwrite to discard those results"
+                    )
+                jsonl.unlink()
+        elif previous != meta and not overwrite:
+            diff = sorted(k for k in set(previous) | set(meta) if previous.get(k) != meta.get(k))
+            raise InvalidConfigError(
+                f"{jsonl} holds results of other settings (differs in: {', '.join(diff)}); use another --out or --overwrite"
+            )
+        elif previous != meta:
+            jsonl.unlink(missing_ok=True)
         os.lseek(fd, 0, os.SEEK_SET)
         os.ftruncate(fd, 0)
         os.write(fd, (json.dumps(meta, indent=1, sort_keys=True) + "\n").encode())
@@ -243,8 +319,13 @@ def run_task(
     progress: Any = None,
     overwrite: bool = False,
     max_new_tokens: int | None = None,
+    drop_damaged: bool = False,
 ) -> list[dict[str, Any]]:
-    """Evaluate ``items`` (resuming), returning their results in item order."""
+    """Evaluate ``items`` (resuming), returning their results in item order.
+
+    ``drop_damaged`` moves result lines that cannot be read to a side file and continues
+    (see :func:`read_results`); without it such a line is an error.
+    """
     folder = Path(out_dir) / task.name
     jsonl = folder / f"{system.slug}.jsonl"
     meta = {
@@ -259,7 +340,7 @@ def run_task(
     }
     gen = GenerationConfig(max_new_tokens=max_new_tokens or task.max_new_tokens, stop=tuple(task.stop))
     with _locked_run(folder / f"{system.slug}.meta.json", meta, overwrite=overwrite):
-        done = read_results(jsonl)
+        done = read_results(jsonl, drop_damaged=drop_damaged)
         stale = stale_results(done, items)
         if stale and not overwrite:
             raise InvalidConfigError(

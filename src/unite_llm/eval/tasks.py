@@ -125,29 +125,43 @@ class Item:
 # -- Jinja -------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def _env() -> Any:
-    from jinja2 import StrictUndefined  # noqa: F401  (kept lenient on purpose: optional choices)
+@lru_cache(maxsize=2)
+def _env(strict: bool = True) -> Any:
+    """The sandboxed Jinja environment.
+
+    Templates are strict: a field the item lacks is an error, not an empty string that
+    would give every item the same prompt and make the scores meaningless.  Field
+    expressions stay lenient, because a data source's optional fields are tested there
+    (``[A, B, C, D, E] | select`` drops a missing fifth choice), and :func:`evaluate`
+    refuses an expression whose value is undefined.
+    """
+    from jinja2 import StrictUndefined, Undefined
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(keep_trailing_newline=True)
+    env = ImmutableSandboxedEnvironment(keep_trailing_newline=True, undefined=StrictUndefined if strict else Undefined)
     env.filters["letter"] = lambda i: "ABCDEFGHIJ"[int(i)]
     return env
 
 
 @lru_cache(maxsize=512)
 def _template(text: str) -> Any:
-    return _env().from_string(text)
+    return _env(strict=True).from_string(text)
 
 
 @lru_cache(maxsize=512)
 def _expression(text: str) -> Any:
-    return _env().compile_expression(text)
+    return _env(strict=False).compile_expression(text)
 
 
 def render(text: str, record: dict[str, Any], what: str) -> str:
+    """``text`` rendered for one record; ``what`` names the task, the template and the item."""
+    from jinja2 import UndefinedError
+
     try:
         return _template(text).render(**record, item=record)
+    except UndefinedError as err:
+        fields = sorted(k for k in record if not k.startswith("_"))
+        raise InvalidConfigError(f"{what}: {err.message} (the item has the fields {fields})") from None
     except Exception as err:
         raise InvalidConfigError(f"{what}: cannot render template: {err}") from None
 
@@ -370,10 +384,11 @@ class Task:
             key = record.get(fs.match)
             examples = [e for e in examples if e.get(fs.match) == key]
         shots = []
-        for e in examples[: fs.n]:
+        for n, e in enumerate(examples[: fs.n]):
             gold = evaluate(self.spec.gold, e, f"task {self.name} few-shot gold")
             e = {**e, "gold": gold[0] if isinstance(gold, list) else gold}
-            shots.append(render(self.spec.prompt, e, f"task {self.name} few-shot") + render(fs.answer, e, f"task {self.name}"))
+            what = f"task {self.name} few-shot example {e.get('index', n)}"
+            shots.append(render(self.spec.prompt, e, f"{what} prompt") + render(fs.answer, e, f"{what} answer"))
         return "".join(s + fs.separator for s in shots)
 
     def items(self, *, limit: int | None = None, seed: int = 0, validation: bool = False) -> list[Item]:
@@ -404,8 +419,10 @@ class Task:
             if not isinstance(gold, str):
                 gold = [str(g) for g in gold]
             item_id = str(evaluate(self.spec.id, r, f"task {self.name} id")) if self.spec.id else str(r["index"])
-            prompt = render(self.spec.header, r, f"task {self.name} header") + self._fewshot_block(r, pools)
-            prompt += render(self.spec.prompt, r, f"task {self.name} prompt")
+            what = f"task {self.name} item {item_id}"
+            header = render(self.spec.header, r, f"{what} header")
+            own = render(self.spec.prompt, r, f"{what} prompt")  # before the shots: an error names the item
+            prompt = header + self._fewshot_block(r, pools) + own
             group = str(r.get(self.spec.group_by)) if self.spec.group_by else None
             items.append(Item(item_id, prompt, gold, group, r))
         return items

@@ -75,6 +75,21 @@ def reset_cache(member: Member) -> None:
         reset()
 
 
+def start_sequence(member: Member) -> None:
+    """Tell a member that its next ``next_logits`` call starts a new generation (optional
+    ``start_sequence()`` method).
+
+    Why: a backend whose logits depend on how a prefix was batched (llama.cpp) evaluates
+    every generation's prompt by one plan that is a function of the prompt alone, and reuses
+    only cache entries that plan would have computed itself; the calls that follow within
+    the generation are decode steps that may reuse everything.  Only the caller knows where
+    a generation starts: a new prompt can look exactly like a continuation of the last one.
+    """
+    start = getattr(member, "start_sequence", None)
+    if start is not None:
+        start()
+
+
 @runtime_checkable
 class BatchMember(Member, Protocol):
     """A member that can also score many contexts in one forward pass (optional).

@@ -4,6 +4,17 @@ KV-cache rollback uses llama-cpp-python's own mechanism: ``Llama.eval`` first re
 the cache from position ``n_tokens`` on, so setting ``n_tokens`` to the common prefix
 and evaluating the new suffix is a rollback.  ``logits_all`` stays off, so the
 next-token logits are read straight from llama.cpp's buffer (no copy of 262k floats).
+
+History-independent prefix caching: llama.cpp's kernels round differently with the
+number of tokens in a batch (and a token's place in it), so a prefix reused from another
+request, computed inside other batches, can give logits that differ in the last bits from
+a cold evaluation and flip a greedy near-tie.  A generation's prompt is therefore always
+evaluated by the same plan, a function of the prompt alone: chunks of
+:data:`PREFILL_CHUNK` tokens aligned to absolute positions, then the remainder, then the
+last token on its own.  Across generations only whole aligned chunks computed by that plan
+are reused (a watermark tracks how far they reach); tokens of a remainder or of decode
+steps are recomputed.  Within a generation, decode steps reuse everything, which is a
+function of the prompt too.
 """
 
 from __future__ import annotations
@@ -16,13 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ContextLengthError, InvalidConfigError
+from ..errors import ContextLengthError, InvalidConfigError, ModelFileError
 from ..models import resolve_gguf
 from ..vocab import ByteVocab
 from .base import common_prefix
 
 DEFAULT_N_CTX = 4096
 _SCORE_CHUNK = 32  # positions scored per llama.cpp batch (bounds the logits buffer)
+PREFILL_CHUNK = 32
+"""Tokens per aligned prompt chunk: the granularity at which a prefix is reused across generations."""
 
 
 _log_callback = None
@@ -70,6 +83,48 @@ def byte_vocab(llm: object) -> ByteVocab:
     return ByteVocab(pieces, frozenset(eog))
 
 
+def check_options(n_ctx: int | None = None, n_threads: int | None = None) -> None:
+    """Refuse context sizes and thread counts llama.cpp would crash on or misread.
+
+    ``n_ctx=0`` means the model's trained context, as in llama.cpp; a negative value (or
+    one past 32 bits) would wrap to another unsigned size inside llama.cpp.
+    """
+    if n_ctx is not None and (isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or not 0 <= n_ctx < 2**31):
+        raise InvalidConfigError(f"n_ctx must be an integer >= 0 (0: the model's trained context), got {n_ctx!r}")
+    if n_threads is not None and (isinstance(n_threads, bool) or not isinstance(n_threads, int) or n_threads < 0):
+        raise InvalidConfigError(f"n_threads must be an integer >= 1 (0 or unset: all cores), got {n_threads!r}")
+
+
+def open_llama(path: Path, **params: object) -> object:
+    """``llama_cpp.Llama(model_path=path, ...)``, with a damaged file named in a :class:`ModelFileError`.
+
+    llama.cpp answers a text file, an empty file and a truncated GGUF alike with a bare
+    ``ValueError: Failed to load model from file``; the magic bytes tell the first two
+    apart before llama.cpp runs.
+    """
+    import llama_cpp
+
+    with open(path, "rb") as f:
+        head = f.read(4)
+    size = path.stat().st_size
+    if not head:
+        raise ModelFileError(f"{path} is empty (0 bytes), not a GGUF model")
+    if head != b"GGUF":
+        raise ModelFileError(f"{path} is not a GGUF model file (it starts with {head!r}, not b'GGUF')")
+    try:
+        return llama_cpp.Llama(model_path=str(path), **params)
+    except ValueError as err:
+        if "llama_context" in str(err):  # the model loaded; its KV cache could not be allocated
+            raise InvalidConfigError(
+                f"llama.cpp cannot create a context of {params.get('n_ctx')} tokens for {path} "
+                f"(too large for this machine's memory?) ({err})"
+            ) from None
+        raise ModelFileError(
+            f"llama.cpp cannot load {path} ({size:,} bytes): truncated or damaged, or an architecture "
+            f"this llama.cpp does not support ({err})"
+        ) from None
+
+
 class LlamaCppMember:
     """An ensemble member backed by ``llama_cpp.Llama``.
 
@@ -89,12 +144,13 @@ class LlamaCppMember:
     ) -> None:
         import llama_cpp
 
+        check_options(n_ctx, n_threads)
         _quiet_llama_log()
         path = resolve_gguf(spec)
         self.path = Path(path)
         self.name = name or (spec if not spec.endswith(".gguf") else self.path.stem)
-        self.llm = llama_cpp.Llama(
-            model_path=str(path),
+        self.llm = open_llama(
+            self.path,
             n_ctx=n_ctx,
             n_threads=n_threads or os.cpu_count() or 1,
             # Multi-token suffixes use the batch thread count: keep it in the member's budget.
@@ -106,7 +162,7 @@ class LlamaCppMember:
             verbose=False,
         )
         # llama.cpp may round the context up; llama-cpp-python's buffers keep the size asked for.
-        self.n_ctx = min(n_ctx, self.llm.n_ctx())
+        self.n_ctx = min(n_ctx, self.llm.n_ctx()) if n_ctx else self.llm.n_ctx()
         self.vocab = byte_vocab(self.llm)
         self._vocab_ptr = llama_cpp.llama_model_get_vocab(self.llm.model)
         n_vocab = len(self.vocab)
@@ -117,6 +173,8 @@ class LlamaCppMember:
         self.eos_text = self._token_text(self.llm.token_eos())
         self.n_evaluated = 0
         self._context: list[int] = []
+        self._aligned = 0  # positions [0, _aligned) hold whole aligned chunks of a prompt plan
+        self._fresh = True  # the next next_logits call starts a generation
         self._scored_tokens: list[int] = []  # the last sequence score() saw, and its
         self._scored = np.zeros(0)  # per-position log-probabilities (NaN where not asked)
         self._n_vocab = n_vocab
@@ -150,21 +208,51 @@ class LlamaCppMember:
             raise ContextLengthError(f"{self.name}: {len(context)} tokens do not fit its context window of {self.n_ctx}")
         if not context:
             raise ValueError("next_logits needs at least one token (BOS or text)")
-        keep = common_prefix(self._context, context)
-        keep = min(keep, len(context) - 1)  # always evaluate >= 1 token for fresh logits
-        self.llm.n_tokens = keep
-        todo = list(context[keep:])
-        # The last token is always evaluated on its own.  llama.cpp's batched and
-        # single-token matmuls round differently, so logits taken from the end of a
-        # batch would depend on what was cached before; this way the same context gives
-        # the same logits whatever the history, and a seed reproduces a sample.
-        if len(todo) > 1:
-            self.llm.eval(todo[:-1])
-        self.llm.eval(todo[-1:])
-        self.n_evaluated += len(todo)
+        n = len(context)
+        if self._fresh:
+            self._prefill(context)
+        else:
+            # A decode step of the same generation: keep everything that still matches.
+            keep = min(common_prefix(self._context, context), n - 1)  # >= 1 token for fresh logits
+            self._aligned = min(self._aligned, keep - keep % PREFILL_CHUNK)
+            self.llm.n_tokens = keep
+            todo = list(context[keep:])
+            # The last token is always evaluated on its own, as in the prompt plan.
+            if len(todo) > 1:
+                self.llm.eval(todo[:-1])
+            self.llm.eval(todo[-1:])
+            self.n_evaluated += len(todo)
         self._context = list(context)
         ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+
+    def start_sequence(self) -> None:
+        """The next :meth:`next_logits` starts a new generation: evaluate it by the prompt plan.
+
+        Called by the ensemble before each generation (see :func:`unite_llm.members.base.start_sequence`).
+        """
+        self._fresh = True
+
+    def _prefill(self, context: Sequence[int]) -> None:
+        """Make the cache hold ``context`` by the prompt plan (see the module docstring).
+
+        The plan depends on ``context`` alone: aligned chunks ``[jC, (j+1)C)`` up to the last
+        boundary before the final token, the remainder in one batch, the final token alone.
+        Chunks already in the cache from an earlier plan with the same tokens are kept.
+        """
+        self._fresh = False
+        n, c = len(context), PREFILL_CHUNK
+        end = (n - 1) // c * c  # the aligned chunks stop here
+        keep = min(common_prefix(self._context, context), self._aligned, end)
+        keep -= keep % c
+        self.llm.n_tokens = keep
+        for pos in range(keep, end, c):
+            self.llm.eval(context[pos : pos + c])  # one llama_decode per chunk while c <= n_batch
+        if n - 1 > end:
+            self.llm.eval(context[end : n - 1])
+        self.llm.eval(context[n - 1 :])
+        self._aligned = end
+        self.n_evaluated += n - keep
 
     def score(self, tokens: Sequence[int], start: int = 1) -> np.ndarray:
         """Log-probability of each of ``tokens[start:]`` given the tokens before it.
@@ -198,9 +286,12 @@ class LlamaCppMember:
         self.llm._ctx.kv_cache_seq_rm(-1, keep, -1)
         self.llm.n_tokens = keep
         chunk = min(_SCORE_CHUNK, self.llm.n_batch)
+        # Chunks end on the prompt plan's aligned boundaries, so that from an aligned start the
+        # cache holds the same whole chunks a generation's prompt plan computes (reusable by it).
+        on_plan = chunk == PREFILL_CHUNK and keep % chunk == 0 and keep <= self._aligned
         pos = keep
         while pos < n - 1:  # the logits at positions pos .. predict tokens pos+1 ..
-            batch = tokens[pos : min(pos + chunk, n - 1)]
+            batch = tokens[pos : min((pos // chunk + 1) * chunk, n - 1)]
             self.llm._batch.set_batch(batch=batch, n_past=pos, logits_all=True)
             self.llm._ctx.decode(self.llm._batch)
             self.n_evaluated += len(batch)
@@ -215,6 +306,7 @@ class LlamaCppMember:
         self.llm.n_tokens = pos
         self.llm.input_ids[:pos] = tokens[:pos]
         self._context = tokens[:pos]
+        self._aligned = (n - 1) // chunk * chunk if on_plan else min(self._aligned, keep - keep % PREFILL_CHUNK)
         self._scored_tokens, self._scored = tokens, lp_all
         return lp_all[start:].copy()
 
@@ -242,6 +334,8 @@ class LlamaCppMember:
         """Forget the KV cache: the next context is evaluated from scratch."""
         self.llm.reset()
         self._context = []
+        self._aligned = 0
+        self._fresh = True
         self._scored_tokens, self._scored = [], np.zeros(0)
 
     def close(self) -> None:

@@ -68,10 +68,9 @@ class OpenAIMember:
         n_threads: int | None = None,  # accepted for a uniform CLI; the server has its own
     ) -> None:
         import httpx
-        import llama_cpp
 
         from ..models import resolve_gguf
-        from .llama_cpp import _quiet_llama_log, byte_vocab
+        from .llama_cpp import _quiet_llama_log, byte_vocab, open_llama
 
         base_url, sep, model = spec.partition("#")
         if not sep or not model or not base_url.startswith(("http://", "https://")):
@@ -91,7 +90,7 @@ class OpenAIMember:
         self.token_ids = token_ids  # vLLM: top_logprobs keyed "token_id:N" (exact ids)
         _quiet_llama_log()
         path = resolve_gguf(tokenizer)
-        self._tok = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        self._tok = open_llama(path, vocab_only=True, verbose=False)
         self.vocab: ByteVocab = byte_vocab(self._tok)
         meta = self._tok.metadata
         self.chat_template: str | None = meta.get("tokenizer.chat_template") or None

@@ -137,8 +137,17 @@ class MemberActor:
     def tokenize(self, text: bytes, add_bos: bool, special: bool) -> list[int]:
         return self.member.tokenize(text, add_bos=add_bos, special=special)
 
-    def step(self, keep: int, suffix: list[int], k: int, ignore_eos: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """Move to ``context[:keep] + suffix``; answer top-k ids+logits, EOG logits, n_evaluated."""
+    def step(
+        self, keep: int, suffix: list[int], k: int, ignore_eos: bool, new_sequence: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Move to ``context[:keep] + suffix``; answer top-k ids+logits, EOG logits, n_evaluated.
+
+        ``new_sequence``: this step starts a generation (see :func:`unite_llm.members.base.start_sequence`).
+        """
+        if new_sequence:
+            from .base import start_sequence
+
+            start_sequence(self.member)
         self.context = self.context[:keep] + suffix
         self.logits = self.member.next_logits(self.context)
         ids, values = self.top_k(k, ignore_eos)
@@ -250,6 +259,7 @@ class RayMember:
         self.n_evaluated = 0
         self.wire = WireStats()
         self._sent: list[int] = []  # the actor's context, as far as we told it
+        self._new_sequence = False  # the next step starts a generation
         self._step = 0
         self._want = DEFAULT_TOP_K
         self._tokens: dict[tuple[bytes, bool, bool], list[int]] = {}
@@ -273,6 +283,10 @@ class RayMember:
             self._tokens[key] = self._call("tokenize", key[0], add_bos, special)
         return list(self._tokens[key])
 
+    def start_sequence(self) -> None:
+        """The next step starts a generation; told to the actor with that step (no extra round trip)."""
+        self._new_sequence = True
+
     def reset(self) -> None:
         """Forget the actor's KV cache (see :func:`unite_llm.members.base.reset_cache`)."""
         self._call("reset")
@@ -286,7 +300,8 @@ class RayMember:
         context = list(context)
         keep = common_prefix(self._sent, context)
         k, ignore_eos = self._want
-        ids, values, eog_values, self.n_evaluated = self._call("step", keep, context[keep:], k, ignore_eos)
+        new_sequence, self._new_sequence = self._new_sequence, False
+        ids, values, eog_values, self.n_evaluated = self._call("step", keep, context[keep:], k, ignore_eos, new_sequence)
         self._sent = context
         self._step += 1
         step = self._step

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidConfigError
+from .base import start_sequence
 
 SUPPRESSED_LOGIT = -1e4
 """What ``verbose`` sets the newline and end-of-generation logits to: probability ~0."""
@@ -97,6 +98,9 @@ class StyledMember:
         if self._suppress is not None:
             logits[self._suppress] = SUPPRESSED_LOGIT
         return logits / self.temperature if self.temperature != 1.0 else logits
+
+    def start_sequence(self) -> None:
+        start_sequence(self.inner)
 
     def close(self) -> None:
         self.inner.close()

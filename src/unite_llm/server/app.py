@@ -33,9 +33,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine import Ensemble, GenerationOutput, StepRecord, StreamChunk
-from ..errors import ContextLengthError, ModelNotFoundError, UniteError
+from ..errors import ContextLengthError, InvalidConfigError, ModelNotFoundError, UniteError
 from ..prompts import Prompt, start_track
 from ..sampling import GenerationConfig
+from .guards import DEFAULT_MAX_REQUEST_BYTES, BodyLimit, HeadAsGet
 from .scheduler import Job, OverloadedError, Runner, Scheduler, SerialRunner
 from .schemas import (
     ChatCompletionRequest,
@@ -153,13 +154,18 @@ def create_app(
     default_max_tokens: int = 512,
     runner: Runner | None = None,
     close_ensemble: bool = False,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
 ) -> FastAPI:
     """The API for ``ensemble``, served under ``model_name`` (default: the members joined by ``+``).
 
     ``max_queue`` bounds the requests waiting for the worker (more get 503);
     ``default_max_tokens`` applies when a request leaves ``max_tokens`` unset (chat) or null.
     ``runner`` replaces the one-at-a-time :class:`SerialRunner` (e.g. with a batching one).
+    ``max_request_bytes`` caps a request body (413 beyond it, before anything is parsed);
+    every GET route also answers HEAD.
     """
+    if max_request_bytes < 1:
+        raise InvalidConfigError(f"--max-request-bytes must be >= 1, got {max_request_bytes}")
     name = model_name or "+".join(ensemble.names)
     scheduler = Scheduler(runner or SerialRunner(ensemble), max_queue=max_queue)
     created = int(time.time())
@@ -175,6 +181,8 @@ def create_app(
                 ensemble.close()
 
     app = FastAPI(title="unite-llm", summary="OpenAI-compatible API for a UniTE ensemble", lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=max_request_bytes)
+    app.add_middleware(HeadAsGet)
     app.state.scheduler = scheduler
     app.state.ensemble = ensemble
     app.state.model_name = name
