@@ -159,10 +159,11 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_cli_methods() -> None:
-    gac = _cli("generate", "--method", "gac", "-n", "3", "--n-ctx", "512", "--json", PROMPT)
+    pair = ("-m", "smollm2-135m-instruct", "-m", "gemma3-270m")  # 258,775 = their two vocabularies
+    gac = _cli("generate", *pair, "--method", "gac", "-n", "3", "--n-ctx", "512", "--json", PROMPT)
     assert gac.returncode == 0, gac.stderr
     assert '"aligned": 258775' in gac.stdout and '"method": "gac"' in gac.stdout
-    rank = _cli("generate", "--method", "rank", "-n", "3", "--n-ctx", "512", PROMPT)
+    rank = _cli("generate", *pair, "--method", "rank", "-n", "3", "--n-ctx", "512", PROMPT)
     assert rank.returncode == 0 and rank.stdout.strip(), rank.stderr
-    full = _cli("generate", "--method", "deepen", "-n", "2", "--n-ctx", "512", PROMPT)
+    full = _cli("generate", *pair, "--method", "deepen", "-n", "2", "--n-ctx", "512", PROMPT)
     assert full.returncode == 2 and "out of memory" in full.stderr and "Traceback" not in full.stderr
