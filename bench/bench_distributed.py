@@ -35,7 +35,7 @@ import httpx
 from unite_llm.engine import Ensemble
 from unite_llm.members import load_member
 from unite_llm.members.llama_cpp import LlamaCppMember
-from unite_llm.models import smollm2_135m_instruct
+from unite_llm.models import resolve_gguf
 
 PROMPTS = ["The capital of France is", "Ensembles of language models help because", "def fibonacci(n):"]
 SMOL, GEMMA = "smollm2-135m-instruct", "gemma3-270m"
@@ -45,7 +45,7 @@ def start_server(log: Path) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_135m_instruct()), "--model_alias", SMOL]
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(resolve_gguf("smollm2-135m-instruct")), "--model_alias", SMOL]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--n_threads", "1", "--logits_all", "true"]
     cmd += ["--verbose", "false"]
     with open(log, "wb") as sink:
