@@ -109,7 +109,12 @@ def table(folder: Path, title: str) -> tuple[str, dict]:
                 admitted = all(rule.get(m) in ("primary", "selected") for m in ms) if rule else None
                 cells[1] = {True: "admitted", False: "rejected", None: "?"}[admitted]
                 row["admitted"] = admitted
-                for key, ref in (("vs_best", best), ("vs_own_best", max(ms, key=lambda m: rate(list(per[m].values()))[0]))):
+                alone = [m for m in ms if m in per]
+                own = max(alone, key=lambda m: rate(list(per[m].values()))[0]) if len(alone) == len(ms) else None
+                for key, ref in (("vs_best", best), ("vs_own_best", own)):
+                    if ref is None:  # a member not yet evaluated alone on this task
+                        cells.append("- (a member's own run is missing)")
+                        continue
                     both = sorted(set(per[s]) & set(per[ref]))
                     delta, (dlo, dhi) = paired_difference(
                         [per[s][i]["correct"] for i in both], [per[ref][i]["correct"] for i in both]

@@ -34,7 +34,15 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "llama_cpp_server.log"
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(resolve_gguf("smollm2-135m-instruct")), "--model_alias", ALIAS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(resolve_gguf("smollm2-135m-instruct")),
+        "--model_alias",
+        ALIAS,
+    ]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--n_threads", "1", "--logits_all", "true"]
     cmd += ["--verbose", "false"]
     with open(log, "wb") as sink:  # a file, not a pipe: a full pipe would stall the server
