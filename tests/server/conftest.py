@@ -87,6 +87,12 @@ def live_server(ens: Ensemble, model: str) -> Iterator[LiveServer]:
 
 
 @pytest.fixture(scope="session")
+def serve_ensemble():
+    """``live_server`` for tests that need a server of their own (a context manager)."""
+    return live_server
+
+
+@pytest.fixture(scope="session")
 def gemma_chat() -> LlamaCppMember:
     """A second Gemma-3-270M with Gemma's chat template forced on it (the base model has
     none), as a user would with ``--chat-template gemma3-270m=gemma``: the server's chat

@@ -142,15 +142,13 @@ def test_server_keeps_serving_after_errors(server, http):
     assert sched["failed"] == 0  # bad requests are refused before they reach the worker
 
 
-def test_chat_with_a_base_member_is_refused_like_the_cli(smol, gemma):
+def test_chat_with_a_base_member_is_refused_like_the_cli(smol, gemma, serve_ensemble):
     # The base Gemma has no chat template: the chat endpoint refuses it with the CLI's
     # message (400, OpenAI's schema), while raw completions from the same server work.
     from unite_llm.engine import Ensemble
 
-    from .conftest import live_server
-
     with (
-        live_server(Ensemble([smol, gemma], prefix_cache=False), "base-pair") as srv,
+        serve_ensemble(Ensemble([smol, gemma], prefix_cache=False), "base-pair") as srv,
         httpx.Client(base_url=srv.url, timeout=120) as c,
     ):
         msgs = [{"role": "user", "content": "hi"}]
