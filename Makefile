@@ -68,7 +68,9 @@ M4_EVAL    = OMP_WAIT_POLICY=PASSIVE nice -n 10 $(BIN)/unite eval --setting smal
              --out results/members4 --title "Four models" --no-progress
 # task:memberA+memberB for every UniTE pair evaluated (admitted ones first, then the rejected ones)
 M4_PAIRS  ?= triviaqa:qwen2.5-coder-1.5b-instruct+gemma3-270m triviaqa:qwen2.5-coder-1.5b-instruct+smollm2-135m-instruct \
-             triviaqa:qwen2.5-coder-1.5b-instruct+qwen2.5-coder-0.5b-instruct
+             nq:qwen2.5-coder-1.5b-instruct+gemma3-270m nq:qwen2.5-coder-1.5b-instruct+smollm2-135m-instruct \
+             lambada:qwen2.5-coder-1.5b-instruct+qwen2.5-coder-0.5b-instruct \
+             triviaqa:qwen2.5-coder-1.5b-instruct+qwen2.5-coder-0.5b-instruct lambada:qwen2.5-coder-1.5b-instruct+gemma3-270m
 members4: $(STAMP)
 	for t in $(M4_TASKS); do seed=$$([ $$t = triviaqa ] && echo 0 || echo 1); \
 	  OMP_WAIT_POLICY=PASSIVE nice -n 10 $(BIN)/unite select $(foreach m,$(FOUR),-c $(m)) --task $$t --limit 50 --seed $$seed \
