@@ -9,6 +9,7 @@ measured many times slower than one (~1 s/token against 45 ms for SmolLM2).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -58,3 +59,30 @@ def datasets() -> Path:
     if not DATASETS.is_dir():
         raise FileNotFoundError(f"benchmark data not found at {DATASETS} (set UNITE_DATASETS)")
     return DATASETS
+
+
+SHOTS = (
+    "Question: what is the capital of france?\nAnswer: Paris\n\n"
+    "Question: who wrote romeo and juliet?\nAnswer: William Shakespeare\n\n"
+    "Question: how many legs does a spider have?\nAnswer: eight\n\n"
+    "Question: what is the largest planet in the solar system?\nAnswer: Jupiter\n\n"
+    "Question: who painted the mona lisa?\nAnswer: Leonardo da Vinci\n\n"
+)
+
+
+@pytest.fixture(scope="session")
+def qa_prompt():
+    """``qa_prompt(question, shots=False)``: a QA prompt, behind a shared 5-shot block when
+    ``shots`` (prompts that share a prefix longer than a few aligned prefill chunks)."""
+
+    def make(question: str, shots: bool = False) -> str:
+        return f"{SHOTS if shots else ''}Question: {question}\nAnswer:"
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def nq_questions(datasets: Path) -> list[str]:
+    """The first 10 NQ-open questions, with a question mark."""
+    with (datasets / "nq_open" / "NQ-open.dev.jsonl").open(encoding="utf-8") as f:
+        return [json.loads(line)["question"] + "?" for _, line in zip(range(10), f)]

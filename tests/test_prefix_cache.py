@@ -9,27 +9,12 @@ and so the greedy texts, are bit-identical to a cold evaluation's whatever came 
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
 
 import numpy as np
 
 from unite_llm.members.base import common_prefix
 from unite_llm.members.llama_cpp import PREFILL_CHUNK
-
-SHOTS = (
-    "Question: what is the capital of france?\nAnswer: Paris\n\n"
-    "Question: who wrote romeo and juliet?\nAnswer: William Shakespeare\n\n"
-    "Question: how many legs does a spider have?\nAnswer: eight\n\n"
-    "Question: what is the largest planet in the solar system?\nAnswer: Jupiter\n\n"
-    "Question: who painted the mona lisa?\nAnswer: Leonardo da Vinci\n\n"
-)
-
-
-def questions(datasets: Path, n: int) -> list[str]:
-    with (datasets / "nq_open" / "NQ-open.dev.jsonl").open(encoding="utf-8") as f:
-        return [json.loads(line)["question"] for _, line in zip(range(n), f)]
 
 
 def cold(member, ctx: list[int]) -> np.ndarray:
@@ -38,10 +23,10 @@ def cold(member, ctx: list[int]) -> np.ndarray:
     return np.array(member.next_logits(ctx))
 
 
-def test_logits_equal_a_cold_evaluation_whatever_the_history(real_member, datasets):
+def test_logits_equal_a_cold_evaluation_whatever_the_history(real_member, nq_questions, qa_prompt):
     m = real_member
-    qs = questions(datasets, 6)
-    texts = [f"Question: {q}?\nAnswer:" for q in qs[:3]] + [f"{SHOTS}Question: {q}?\nAnswer:" for q in qs[3:]]
+    qs = nq_questions[:6]
+    texts = [qa_prompt(q) for q in qs[:3]] + [qa_prompt(q, shots=True) for q in qs[3:]]
     ctxs = [m.tokenize(t.encode(), add_bos=True) for t in texts]
     assert max(map(len, ctxs)) > 2 * PREFILL_CHUNK, "long enough to reuse aligned chunks"
     ref = [cold(m, c) for c in ctxs]
@@ -59,10 +44,10 @@ def test_logits_equal_a_cold_evaluation_whatever_the_history(real_member, datase
         assert np.array_equal(m.next_logits(ctxs[i]), ref[i]), f"{m.name}: prompt {i} differs after another history"
 
 
-def test_a_shared_prefix_is_still_reused(real_member):
+def test_a_shared_prefix_is_still_reused(real_member, qa_prompt):
     m = real_member
-    a = m.tokenize(f"{SHOTS}Question: where is rome?\nAnswer:".encode(), add_bos=True)
-    b = m.tokenize(f"{SHOTS}Question: what is two plus two?\nAnswer:".encode(), add_bos=True)
+    a = m.tokenize(qa_prompt("where is rome?", shots=True).encode(), add_bos=True)
+    b = m.tokenize(qa_prompt("what is two plus two?", shots=True).encode(), add_bos=True)
     cold(m, a)
     before = m.n_evaluated
     m.start_sequence()
@@ -72,12 +57,12 @@ def test_a_shared_prefix_is_still_reused(real_member):
     assert m.n_evaluated - before == len(b) - reused
 
 
-def test_a_generation_after_scoring_reuses_the_scored_chunks(real_member):
+def test_a_generation_after_scoring_reuses_the_scored_chunks(real_member, qa_prompt):
     """PackLLM scores the prompt, then generates from it: scored chunks lie on the prompt
     plan's boundaries, so the generation reuses them and its logits are still a cold run's."""
     m = real_member
-    a = m.tokenize(f"{SHOTS}Question: where is rome?\nAnswer:".encode(), add_bos=True)
-    b = m.tokenize(f"{SHOTS}Question: what is two plus two?\nAnswer:".encode(), add_bos=True)
+    a = m.tokenize(qa_prompt("where is rome?", shots=True).encode(), add_bos=True)
+    b = m.tokenize(qa_prompt("what is two plus two?", shots=True).encode(), add_bos=True)
     ref_a, ref_b = cold(m, a), cold(m, b)
     m.reset()
     m.score(a, 1)

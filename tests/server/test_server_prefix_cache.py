@@ -3,31 +3,16 @@ the member-level checks (logits equal to a cold evaluation's) are in ``tests/tes
 
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
 
 import httpx
 
-SHOTS = (
-    "Question: what is the capital of france?\nAnswer: Paris\n\n"
-    "Question: who wrote romeo and juliet?\nAnswer: William Shakespeare\n\n"
-    "Question: how many legs does a spider have?\nAnswer: eight\n\n"
-    "Question: what is the largest planet in the solar system?\nAnswer: Jupiter\n\n"
-    "Question: who painted the mona lisa?\nAnswer: Leonardo da Vinci\n\n"
-)
 
-
-def questions(datasets: Path, n: int) -> list[str]:
-    with (datasets / "nq_open" / "NQ-open.dev.jsonl").open(encoding="utf-8") as f:
-        return [json.loads(line)["question"] for _, line in zip(range(n), f)]
-
-
-def test_shuffled_greedy_requests_give_one_text_per_prompt(server, datasets):
+def test_shuffled_greedy_requests_give_one_text_per_prompt(server, nq_questions, qa_prompt):
     """20 greedy requests (10 prompts, each in two shuffled orders) on the real server with
     the prefix cache on: one text per prompt, the same as with every request started cold."""
-    qs = questions(datasets, 10)
-    prompts = [f"Question: {q}?\nAnswer:" for q in qs[:5]] + [f"{SHOTS}Question: {q}?\nAnswer:" for q in qs[5:]]
+    qs = nq_questions
+    prompts = [qa_prompt(q) for q in qs[:5]] + [qa_prompt(q, shots=True) for q in qs[5:]]
 
     def complete(http: httpx.Client, p: str) -> str:
         body = {"model": server.model, "prompt": p, "max_tokens": 8, "temperature": 0}
