@@ -21,8 +21,7 @@ from accuracy_table import load
 from unite_llm.eval.scoring import paired_difference, wilson_interval
 
 TASK_ORDER = ["triviaqa", "nq", "lambada", "arc_challenge", "piqa", "mmlu", "gsm8k"]
-NAMES = {"triviaqa": "TriviaQA", "nq": "NQ", "lambada": "LAMBADA", "arc_challenge": "ARC-C", "piqa": "PIQA", "mmlu": "MMLU"}
-NAMES["gsm8k"] = "GSM8K"
+NAMES = dict(zip(TASK_ORDER, ["TriviaQA", "NQ", "LAMBADA", "ARC-C", "PIQA", "MMLU", "GSM8K"]))
 SHORT = {
     "qwen2.5-coder-1.5b-instruct": "Qwen-1.5B",
     "qwen2.5-coder-0.5b-instruct": "Qwen-0.5B",

@@ -21,32 +21,25 @@ ROOT = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("UNITE_DATASETS", ROOT.parent / "shared" / "datasets"))
 
 
-@pytest.fixture(scope="session")
-def smol() -> LlamaCppMember:
-    m = LlamaCppMember("smollm2-135m-instruct", n_ctx=2048, n_threads=1)
+def _member(alias: str):
+    m = LlamaCppMember(alias, n_ctx=2048, n_threads=1)
     yield m
     m.close()
+
+
+@pytest.fixture(scope="session")
+def smol() -> LlamaCppMember:
+    yield from _member("smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="session")
 def gemma() -> LlamaCppMember:
-    m = LlamaCppMember("gemma3-270m", n_ctx=2048, n_threads=1)
-    yield m
-    m.close()
+    yield from _member("gemma3-270m")
 
 
 @pytest.fixture(scope="session")
 def qwen05() -> LlamaCppMember:
-    m = LlamaCppMember("qwen2.5-coder-0.5b-instruct", n_ctx=2048, n_threads=1)
-    yield m
-    m.close()
-
-
-@pytest.fixture(scope="session")
-def qwen15() -> LlamaCppMember:
-    m = LlamaCppMember("qwen2.5-coder-1.5b-instruct", n_ctx=2048, n_threads=1)
-    yield m
-    m.close()
+    yield from _member("qwen2.5-coder-0.5b-instruct")
 
 
 @pytest.fixture(scope="session", params=["smol", "gemma"])

@@ -60,9 +60,10 @@ def _stamp(path: Path) -> Path:
     return path.with_name(path.name + ".verified")
 
 
-def _stat_key(path: Path) -> dict[str, int]:
+def _stamp_record(path: Path, sha256: str) -> dict[str, object]:
+    """What the stamp says of a verified file: its state then, and the hash it matched."""
     st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
 
 
 def verified(target: Path, *, size: int, sha256: str) -> bool:
@@ -71,7 +72,7 @@ def verified(target: Path, *, size: int, sha256: str) -> bool:
         return False
     stamp = _stamp(target)
     try:
-        if json.loads(stamp.read_text()) == {**_stat_key(target), "sha256": sha256}:
+        if json.loads(stamp.read_text()) == _stamp_record(target, sha256):
             return True
     except (OSError, ValueError):
         pass
@@ -81,7 +82,7 @@ def verified(target: Path, *, size: int, sha256: str) -> bool:
             digest.update(chunk)
     if target.stat().st_size != size or digest.hexdigest() != sha256:
         return False
-    stamp.write_text(json.dumps({**_stat_key(target), "sha256": sha256}))
+    stamp.write_text(json.dumps(_stamp_record(target, sha256)))
     return True
 
 
@@ -123,7 +124,7 @@ def assemble(parts: Sequence[Path], target: Path, *, size: int, sha256: str) -> 
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-    _stamp(target).write_text(json.dumps({**_stat_key(target), "sha256": sha256}))
+    _stamp(target).write_text(json.dumps(_stamp_record(target, sha256)))
     return target
 
 
