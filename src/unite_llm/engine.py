@@ -60,6 +60,9 @@ class StepRecord:
     (see :mod:`unite_llm.members.openai`); empty when every number is exact."""
     aligned: int = 0
     """Tokens the step method aligned across vocabularies (UniTE: the union; GaC: the whole union vocabulary)."""
+    end: bool = False
+    """True when the step chose END (the generation stopped; ``chosen`` then reads ``<END>``,
+    which a real text piece ``<END>`` can also read: test this flag, not the text)."""
 
     def to_dict(self, *, full: bool = False) -> dict[str, Any]:
         d = asdict(self)
@@ -370,6 +373,7 @@ class Ensemble:
         union = [
             {
                 "text": candidate_text(c),
+                "end": c is END,
                 "prob": float(dist.probs[j]),
                 "members": {n: float(dist.member_probs[i, j]) for i, n in enumerate(names)},
                 "rules": {n: dist.rules[i][j] for i, n in enumerate(names)} if dist.rules else {},
@@ -384,6 +388,7 @@ class Ensemble:
             member_probs={n: float(dist.member_probs[i, choice]) for i, n in enumerate(names)},
             union=union,
             aligned=dist.aligned,
+            end=dist.candidates[choice] is END,
         )
 
     def _append(self, tracks: list[TokenTrack], candidate: bytes, logits: Sequence[Any]) -> bytes:
