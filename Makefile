@@ -34,8 +34,12 @@ run: $(STAMP)
 	$(BIN)/unite generate --max-new-tokens 96 --stop $$'\n' "Question: $$QUESTION"$$'\nAnswer:'
 
 
+# Lint, format and types first (seconds), then every test; `.venv/bin/python -m pytest -m "not slow"`
+# runs the fast tier alone (fake members, no model: well under a minute).
 test: $(STAMP) browser
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
@@ -84,6 +88,7 @@ members4: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
 
 # The playground test drives Debian's chromium; install it when missing and we are root.
 CHROMIUM ?= /usr/bin/chromium

@@ -49,8 +49,8 @@ import numpy as np
 
 from unite_llm import Ensemble
 from unite_llm.eval import Task
-from unite_llm.methods.unite import top_k_ids
 from unite_llm.models import DEFAULT_ENSEMBLE
+from unite_llm.scores import top_k_ids
 
 WHITESPACE = b" \t\n\r\x0b\x0c"
 OUTCOMES = ("same", "ws_token", "prefix", "changed", "none")

@@ -21,6 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("UNITE_DATASETS", ROOT.parent / "shared" / "datasets"))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test not in the fast tier is slow, so ``pytest -m "not slow"`` runs the fast
+    tier alone (modules or tests opt in with ``pytest.mark.fast``)."""
+    for item in items:
+        if item.get_closest_marker("fast") is None and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
+
+
 def _member(alias: str):
     m = LlamaCppMember(alias, n_ctx=2048, n_threads=1)
     yield m

@@ -18,8 +18,8 @@ from unite_llm.methods.base import END
 from unite_llm.methods.deepen import GIB, DeePEn, OutOfMemoryError, current_rss
 from unite_llm.methods.gac import GaC
 from unite_llm.methods.packllm import PackLLM, packllm_weights
-from unite_llm.methods.rank import Rank
 from unite_llm.prompts import start_track
+from unite_llm.rank import Rank
 
 PROMPT = "The capital of France is"
 

@@ -11,7 +11,7 @@ from unite_llm.methods.base import END, MemberScores
 from unite_llm.methods.deepen import DeePEn, OutOfMemoryError, anchor_pieces, inverse_search, kl, relative_matrix
 from unite_llm.methods.gac import GaC, UnionVocab
 from unite_llm.methods.packllm import packllm_weights, prompt_log_ppl
-from unite_llm.methods.rank import pick_best
+from unite_llm.rank import pick_best
 from unite_llm.vocab import ByteVocab
 
 # Member A: ids 0 "a", 1 "b", 2 "ab", 3 <control>, 4 <eos>

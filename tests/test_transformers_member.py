@@ -254,3 +254,18 @@ def test_hf_prefix_and_errors(tmp_path):
         TransformersMember(str(tmp_path))  # a directory with no model in it
     with pytest.raises(ModelNotFoundError, match="cannot load"):
         TransformersMember("unite-llm-tests/no-such-model")  # a hub id, offline and not cached
+
+
+@pytest.mark.parametrize("method", ["unite", "gac", "packllm", "rank", "deepen-fit"])
+def test_every_method_batched_equals_single(hf_smol, hf_gemma, method):
+    """The batched path (one forward pass per member per step; UniTE and PackLLM step all
+    rows on the members' tensors, GaC and DeePEn get host rows) gives each prompt's own text."""
+    from unite_llm.methods import make_method
+    from unite_llm.methods.deepen import GIB, DeePEnFit, current_rss
+
+    built = DeePEnFit(memory_gib=current_rss() / GIB + 1.6) if method == "deepen-fit" else make_method(method)
+    ens = Ensemble([hf_smol, hf_gemma], method=built)
+    prompts = PROMPTS[:3]
+    alone = [ens.generate(p, max_new_tokens=4) for p in prompts]
+    together = ens.generate(prompts, max_new_tokens=4)
+    assert [(o.text, o.finish_reason) for o in together] == [(o.text, o.finish_reason) for o in alone]

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from unite_llm.methods.base import END, MemberScores
-from unite_llm.methods.unite import UniTE
-from unite_llm.methods.unite_batch import BatchedUniTE
+from unite_llm.methods.unite import BatchedUniTE, UniTE
 
 
 def peaked_logits(rng: np.random.Generator, vocab_size: int, rows: int, hot: list[int]) -> np.ndarray:

@@ -16,14 +16,18 @@ behind each number), enough to explain any decision the ensemble made.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import os
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, Protocol, cast, overload
 
 import numpy as np
 
@@ -31,10 +35,11 @@ from .errors import InvalidConfigError
 from .members import Member, forward_rows, load_member, split_spec, supports_batch
 from .members.base import reset_cache, start_sequence
 from .methods import make_method
-from .methods.base import END, MemberScores, StepDistribution, StepMethod, candidate_text
+from .methods.base import END, BatchView, MemberScores, StepDistribution, StepMethod, candidate_text
 from .models import DEFAULT_ENSEMBLE
 from .prompts import Prompt, force_chat_templates, start_track
 from .sampling import GenerationConfig, choose
+from .scores import DenseScores, Scores, as_scores
 from .stopping import StopStrings
 from .sync import TokenTrack
 
@@ -144,6 +149,14 @@ class Ensemble:
 
     >>> ens = Ensemble.load(["smollm2-135m-instruct", "gemma3-270m"])   # doctest: +SKIP
     >>> ens.generate("The capital of France is", max_new_tokens=8).text  # doctest: +SKIP
+
+    Thread safety: ``generate``, ``stream`` and ``generate_batch`` may be called from
+    several threads; an ensemble runs one generation at a time (its members hold one KV
+    state each) and the others wait their turn, so each call returns what it would return
+    alone.  For many concurrent users, batch prompts into one call (members that batch
+    decode them together) or serve through ``unite serve``'s queue.  A stream holds the
+    ensemble until it is exhausted or closed; starting another generation in the thread
+    that holds an open stream raises ``RuntimeError``.
     """
 
     def __init__(
@@ -182,6 +195,8 @@ class Ensemble:
         # off, every generation starts cold (members.base.reset_cache).
         self.prefix_cache = prefix_cache
         self._subtoken_cache: list[dict[bytes, int | None]] = [{} for _ in members]
+        self._lock = threading.Lock()
+        self._owner: int | None = None
 
     @classmethod
     def load(
@@ -263,6 +278,14 @@ class Ensemble:
         return self.names.index(ref)
 
     def close(self) -> None:
+        """Free the members (after a generation running in another thread has finished)."""
+        if self._owner == threading.get_ident():  # this thread's own open stream: it cannot finish first
+            self._close()
+            return
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -295,27 +318,26 @@ class Ensemble:
         (see :meth:`generate_batch`).
         """
         if _is_batch(prompt):
-            return self.generate_batch(prompt, config, chat=chat, **kwargs)  # type: ignore[arg-type]
-        for chunk in self.stream(prompt, config, chat=chat, **kwargs):
-            if chunk.output is not None:
-                return chunk.output
-        raise AssertionError("stream ended without a final chunk")
+            return self.generate_batch(cast("list[Prompt]", prompt), config, chat=chat, **kwargs)
+        out = None
+        for chunk in self.stream(cast(Prompt, prompt), config, chat=chat, **kwargs):  # to the end: the lock is released there
+            out = chunk.output or out
+        if out is None:
+            raise AssertionError("stream ended without a final chunk")
+        return out
 
     def stream(
         self, prompt: Prompt, config: GenerationConfig | None = None, *, chat: bool = False, **kwargs: Any
     ) -> Iterator[StreamChunk]:
         """Generate step by step, yielding text as soon as it is complete UTF-8."""
-        if config is None:
-            config = GenerationConfig(**kwargs)
-        elif kwargs:
-            config = replace(config, **kwargs)
-        respond = getattr(self.method, "generate", None)
-        if respond is not None:  # a response-level method (rank) runs whole generations itself
-            out = respond(self, prompt, config, chat=chat)
-            yield StreamChunk(out.text, out.steps[-1] if out.steps else None, out)
-            return
-        tracks = [start_track(m, prompt, chat=chat) for m in self.members]
-        yield from self._decode(tracks, config)
+        config = _config(config, kwargs)
+        with self._exclusive():
+            if self.method.response_level:  # rank: whole answers, made by the method itself
+                out = cast(ResponseLevel, self.method).generate(self, prompt, config, chat=chat)
+                yield StreamChunk(out.text, out.steps[-1] if out.steps else None, out)
+                return
+            for _, chunk in self._decode([prompt], config, chat=chat, batched=False):
+                yield chunk
 
     def generate_batch(
         self, prompts: Sequence[Prompt], config: GenerationConfig | None = None, *, chat: bool = False, **kwargs: Any
@@ -323,18 +345,45 @@ class Ensemble:
         """Generate every prompt; each output equals ``generate`` on that prompt alone.
 
         When every member can score a batch in one pass (``next_logits_batch``, e.g.
-        transformers members) the rows decode together (:mod:`unite_llm.batch`);
-        otherwise (a llama.cpp member holds one KV sequence) the rows run one at a time.
+        transformers members) the rows decode together, one forward pass per member per
+        step; otherwise (a llama.cpp member holds one KV sequence) the same loop runs each
+        prompt as a batch of one.
         """
-        if config is None:
-            config = GenerationConfig(**kwargs)
-        elif kwargs:
-            config = replace(config, **kwargs)
-        if not all(supports_batch(m) for m in self.members):
-            return [self.generate(p, config, chat=chat) for p in prompts]
-        from .batch import decode_batch
+        config = _config(config, kwargs)
+        with self._exclusive():
+            if self.method.response_level:
+                method = cast(ResponseLevel, self.method)
+                return [method.generate(self, p, config, chat=chat) for p in prompts]
+            if len(prompts) > 1 and all(supports_batch(m) for m in self.members):
+                groups = [list(prompts)]
+            else:
+                groups = [[p] for p in prompts]
+            outputs: dict[int, GenerationOutput] = {}
+            for start, group in zip(itertools.accumulate([0] + [len(g) for g in groups]), groups):
+                for r, chunk in self._decode(group, config, chat=chat, batched=len(group) > 1):
+                    if chunk.output is not None:
+                        outputs[start + r] = chunk.output
+            return [outputs[i] for i in range(len(prompts))]
 
-        return decode_batch(self, prompts, config, chat=chat)
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """One generation at a time per ensemble: the members' KV caches and the step
+        method's per-generation state are shared, so calls from several threads queue
+        here (in arrival order of the lock) instead of corrupting each other.  A second
+        generation started in the *same* thread while one is unfinished (an open stream)
+        would wait for itself forever, so it is refused."""
+        me = threading.get_ident()
+        if self._owner == me:
+            raise RuntimeError(
+                "this Ensemble is already generating in this thread (an unfinished stream?): "
+                "finish or close it before starting another generation"
+            )
+        with self._lock:
+            self._owner = me
+            try:
+                yield
+            finally:
+                self._owner = None
 
     def _forward(self, contexts: list[Any], rows: list[int] | None = None) -> list[Any]:
         """Every member's next-token logits for its context (one entry per member).
@@ -364,9 +413,35 @@ class Ensemble:
             cache[candidate] = member.vocab.first_subtoken(candidate, member.tokenize)
         return cache[candidate]
 
-    def _scores(self, i: int, logits: np.ndarray) -> MemberScores:
-        member = self.members[i]
-        return MemberScores(member.name, logits, member.vocab, lambda c, i=i: self._first_subtoken(i, c))
+    def _subtokens(self) -> list[Callable[[bytes], int | None]]:
+        return [functools.partial(self._first_subtoken, i) for i in range(len(self.members))]
+
+    def _step(
+        self, scores: list[Any], rows: list[_Row], *, batched: bool, ignore_eos: bool
+    ) -> list[tuple[StepDistribution, list[Scores]]]:
+        """Per active row: the step distribution and each member's scores of that row.
+
+        One row: each member's answer is that row's scores.  A batch: a method that
+        declares ``batched`` steps every row at once on the members' own ``[rows, vocab]``
+        scores (UniTE's top-k stays on the device); any other gets host copies, row by row.
+        """
+        subtokens = self._subtokens()
+        if not batched:
+            logits = [as_scores(s) for s in scores]
+            views = [MemberScores(m.name, lg, m.vocab, f) for m, lg, f in zip(self.members, logits, subtokens)]
+            return [(self.method(views, rows[0].weights, ignore_eos=ignore_eos), logits)]
+        if self.method.batched:
+            view = BatchView(self.names, [m.vocab for m in self.members], subtokens)
+            weights = np.stack([row.weights for row in rows])
+            dists, gathered = self.method.step_batch(scores, view, weights, ignore_eos=ignore_eos)
+            return list(zip(dists, gathered))
+        host = [_host_rows(s) for s in scores]
+        out: list[tuple[StepDistribution, list[Scores]]] = []
+        for b, row in enumerate(rows):
+            logits = [DenseScores(h[b]) for h in host]
+            views = [MemberScores(m.name, lg, m.vocab, f) for m, lg, f in zip(self.members, logits, subtokens)]
+            out.append((self.method(views, row.weights, ignore_eos=ignore_eos), cast("list[Scores]", logits)))
+        return out
 
     def _record(self, index: int, dist: StepDistribution, choice: int) -> StepRecord:
         names = self.names
@@ -391,7 +466,7 @@ class Ensemble:
             end=dist.candidates[choice] is END,
         )
 
-    def _append(self, tracks: list[TokenTrack], candidate: bytes, logits: Sequence[Any]) -> bytes:
+    def _append(self, tracks: list[TokenTrack], candidate: bytes, logits: Sequence[Scores]) -> bytes:
         """Append the chosen candidate to every member; returns the bytes appended."""
         if self.primary is None:
             for t in tracks:
@@ -402,7 +477,8 @@ class Ensemble:
         vocab = self.members[p].vocab
         ids = vocab.ids_of(candidate)
         if ids:
-            tid = max(ids, key=lambda t: logits[p][t])
+            values = logits[p].at(ids)
+            tid = ids[int(np.argmax(values))]  # the first of equal scores, as max() picks
         else:
             sub = self._first_subtoken(p, candidate)
             if sub is None:
@@ -416,70 +492,151 @@ class Ensemble:
                 t.append(piece)
         return piece
 
-    def _decode(self, tracks: list[TokenTrack], config: GenerationConfig) -> Iterator[StreamChunk]:
-        rng = np.random.default_rng(config.seed)
+    def _decode(
+        self, prompts: Sequence[Prompt], config: GenerationConfig, *, chat: bool, batched: bool
+    ) -> Iterator[tuple[int, StreamChunk]]:
+        """The decode loop, once for every caller: ``(row, chunk)`` for each prompt's text
+        as it becomes safe to show, and one final chunk per row carrying its output.
+
+        ``batched``: the rows share each member's forward pass (members with
+        ``next_logits_batch``); otherwise there is exactly one row.
+        """
+        assert batched or len(prompts) == 1, "an unbatched decode runs one prompt"
+        n = len(self.members)
         stops = StopStrings(config.stop)
-        timing = Timing(load_s=self.load_s)
-        prompt_tokens = {m.name: len(t) for m, t in zip(self.members, tracks)}
-        output = b""
-        emitted = 0
-        steps: list[StepRecord] = []
-        finish, stop_reason = "length", None
         for m in self.members:
             if not self.prefix_cache:
                 reset_cache(m)
             start_sequence(m)  # the prompt is evaluated by a plan that depends on it alone
+        rows = [_Row([start_track(m, p, chat=chat) for m in self.members], config, self.weights, self.load_s) for p in prompts]
+        for row in rows:
+            row.prompt_tokens = {m.name: len(t) for m, t in zip(self.members, row.tracks)}
+            if self.method.needs_prepare:  # set-up that needs the members or the prompt
+                t0 = time.perf_counter()
+                weights = self.method.prepare(self.members, row.tracks, self.primary)
+                if weights is not None:  # this generation's own weights (PackLLM)
+                    if len(weights) != n:
+                        raise InvalidConfigError(f"{self.method.name}: prepare returned {len(weights)} weights for {n} members")
+                    row.weights = np.asarray(weights, dtype=np.float64)
+                row.timing.prepare_s = time.perf_counter() - t0
+        base = next(_calls) << 32  # batch row names, unique per call (see BatchMember)
 
-        prepare = getattr(self.method, "prepare", None)
-        if prepare is not None:  # optional hook: set-up that needs the members or the prompt
-            t0 = time.perf_counter()
-            prepare(self, tracks)
-            timing.prepare_s = time.perf_counter() - t0
+        def forward(active: list[int]) -> list[Any]:
+            if not batched:
+                return self._forward([t.tokens for t in rows[active[0]].tracks])
+            contexts = [[rows[r].tracks[i].tokens for r in active] for i in range(n)]
+            return self._forward(contexts, rows=[base + r for r in active])
+
+        active = list(range(len(rows)))
         t0 = time.perf_counter()
-        logits = self._forward([t.tokens for t in tracks])
-        timing.prefill_s = time.perf_counter() - t0
+        scores = forward(active) if active and config.max_new_tokens > 0 else []
+        for row in rows:
+            row.timing.prefill_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         for index in range(config.max_new_tokens):
-            views = [self._scores(i, lg) for i, lg in enumerate(logits)]
-            dist = self.method(views, self.weights, ignore_eos=config.ignore_eos)
-            choice = choose(dist.probs, config, rng)
-            record = self._record(index, dist, choice)
-            record.approximated = [f"{n}: {t}" for n, lg in zip(self.names, logits) for t in getattr(lg, "approximated", ())]
-            steps.append(record)
-            timing.steps += 1
-            log.debug(
-                "step %d: union=%d chose %r p=%.3f %s", index, record.union_size, record.chosen, record.prob, record.member_probs
-            )
-            candidate = dist.candidates[choice]
-            if candidate is END:
-                finish = "stop"
+            if not active:
                 break
-            assert isinstance(candidate, bytes)
-            before = len(output)
-            output += self._append(tracks, candidate, logits)
-            hit = stops.find(output, before)
-            if hit is not None:
-                output = output[: hit[0]]
-                finish, stop_reason = "stop", hit[1]
-                break
-            safe = stops.safe_end(output)
-            yield StreamChunk(output[emitted:safe].decode("utf-8", errors="replace"), record)
-            emitted = max(emitted, safe)
-            if index + 1 == config.max_new_tokens:
-                break
-            if any(len(t) >= m.n_ctx for m, t in zip(self.members, tracks)):
-                break  # a member's context is full: finish as "length"
-            t_fwd = time.perf_counter()
-            logits = self._forward([t.tokens for t in tracks])
-            timing.members_s += time.perf_counter() - t_fwd
-        timing.decode_s = time.perf_counter() - t0
+            results = self._step(scores, [rows[r] for r in active], batched=batched, ignore_eos=config.ignore_eos)
+            still: list[int] = []
+            for r, (dist, logits) in zip(active, results):
+                row = rows[r]
+                choice = choose(dist.probs, config, row.rng)
+                record = self._record(index, dist, choice)
+                record.approximated = [f"{name}: {t}" for name, lg in zip(self.names, logits) for t in lg.approximated]
+                row.steps.append(record)
+                row.timing.steps += 1
+                log.debug(
+                    "step %d: union=%d chose %r p=%.3f %s",
+                    index,
+                    record.union_size,
+                    record.chosen,
+                    record.prob,
+                    record.member_probs,
+                )
+                candidate = dist.candidates[choice]
+                if candidate is END:
+                    row.finish = "stop"
+                    yield r, row.final(time.perf_counter() - t0)
+                    continue
+                assert isinstance(candidate, bytes)
+                before = len(row.output)
+                row.output += self._append(row.tracks, candidate, logits)
+                hit = stops.find(row.output, before)
+                if hit is not None:
+                    row.output = row.output[: hit[0]]
+                    row.finish, row.stop_reason = "stop", hit[1]
+                    yield r, row.final(time.perf_counter() - t0)
+                    continue
+                safe = stops.safe_end(row.output)
+                yield r, StreamChunk(row.output[row.emitted : safe].decode("utf-8", errors="replace"), record)
+                row.emitted = max(row.emitted, safe)
+                if index + 1 == config.max_new_tokens or any(len(t) >= m.n_ctx for m, t in zip(self.members, row.tracks)):
+                    yield r, row.final(time.perf_counter() - t0)  # "length": the budget or a member's context is full
+                    continue
+                still.append(r)
+            active = still
+            if active:
+                t_fwd = time.perf_counter()
+                scores = forward(active)
+                for r in active:
+                    rows[r].timing.members_s += time.perf_counter() - t_fwd
+        for r in active:  # max_new_tokens == 0
+            yield r, rows[r].final(time.perf_counter() - t0)
+
+
+# Batch row names are unique per call, so a member starts a fresh batch cache for each call
+# instead of carrying the previous batch's (dead) columns along.
+_calls = itertools.count(1)
+
+
+class _Row:
+    """One prompt's generation state in the decode loop."""
+
+    def __init__(self, tracks: list[TokenTrack], config: GenerationConfig, weights: np.ndarray, load_s: float) -> None:
+        self.tracks = tracks
+        self.rng = np.random.default_rng(config.seed)
+        self.weights = weights
+        self.prompt_tokens: dict[str, int] = {}
+        self.output = b""
+        self.emitted = 0
+        self.steps: list[StepRecord] = []
+        self.finish = "length"
+        self.stop_reason: str | None = None
+        self.timing = Timing(load_s=load_s)
+
+    def final(self, decode_s: float) -> StreamChunk:
+        """The last chunk: the text not yet shown, and the whole output."""
+        self.timing.decode_s = decode_s
         result = GenerationOutput(
-            text=output.decode("utf-8", errors="replace"),
-            output_bytes=output,
-            finish_reason=finish,
-            stop_reason=stop_reason,
-            steps=steps,
-            timing=timing,
-            prompt_tokens=prompt_tokens,
+            text=self.output.decode("utf-8", errors="replace"),
+            output_bytes=self.output,
+            finish_reason=self.finish,
+            stop_reason=self.stop_reason,
+            steps=self.steps,
+            timing=self.timing,
+            prompt_tokens=self.prompt_tokens,
         )
-        yield StreamChunk(output[emitted:].decode("utf-8", errors="replace"), steps[-1] if steps else None, result)
+        return StreamChunk(
+            self.output[self.emitted :].decode("utf-8", errors="replace"), self.steps[-1] if self.steps else None, result
+        )
+
+
+class ResponseLevel(Protocol):
+    """A method that declares ``response_level``: it answers whole prompts itself."""
+
+    def generate(
+        self, ensemble: Ensemble, prompt: Prompt, config: GenerationConfig, *, chat: bool = False
+    ) -> GenerationOutput: ...
+
+
+def _config(config: GenerationConfig | None, overrides: dict[str, Any]) -> GenerationConfig:
+    if config is None:
+        return GenerationConfig(**overrides)
+    return replace(config, **overrides) if overrides else config
+
+
+def _host_rows(scores: Any) -> np.ndarray:
+    """A member's ``[rows, vocab]`` scores as a host float32 array (torch tensors copied out)."""
+    if type(scores).__module__.startswith("torch"):
+        return scores.float().cpu().numpy()
+    return np.asarray(scores, dtype=np.float32)

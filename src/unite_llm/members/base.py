@@ -2,7 +2,8 @@
 
 A member is a language model seen through four things: a byte-level vocabulary, a
 tokenizer, a chat template, and ``next_logits(context)``: "make your context exactly
-these token ids and score the next token".  How the member gets there (KV-cache
+these token ids and score the next token".  Members belong to one ensemble at a time: the
+ensemble serialises its generations, so a member is never stepped from two threads.  How the member gets there (KV-cache
 rollback in llama.cpp, ``DynamicCache.crop`` in transformers, an actor on another
 machine) is its own business; the decode loop only ever hands over full contexts, and
 the member evaluates only what differs from the context it already holds.
@@ -15,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..scores import Scores
 from ..vocab import ByteVocab
 
 
@@ -47,13 +49,17 @@ class Member(Protocol):
         """The member's own tokenizer on valid UTF-8 ``text``."""
         ...
 
-    def next_logits(self, context: Sequence[int]) -> np.ndarray:
-        """Make the member's context exactly ``context``; return next-token logits.
+    def next_logits(self, context: Sequence[int]) -> np.ndarray | Scores:
+        """Make the member's context exactly ``context``; return next-token scores.
 
-        The result is a float32 vector over the full vocabulary: log-probabilities up to
-        an additive constant.  It may be a view into the backend's buffer, valid until
-        the next call.  Implementations keep their KV cache for the longest common
-        prefix with the previous context and evaluate only the rest.
+        Log-probabilities up to an additive constant: an in-process member returns a
+        float32 vector over its full vocabulary (the loop reads it as
+        :class:`~unite_llm.scores.DenseScores`); a member in another process returns a
+        small object meeting the :class:`~unite_llm.scores.Scores` contract (ranking and id
+        lookup), so that only what the step reads crosses the wire.  Either may be a view
+        into the backend's buffer, valid until the next call.  Implementations keep their
+        KV cache for the longest common prefix with the previous context and evaluate only
+        the rest.
         """
         ...
 
@@ -156,5 +162,5 @@ def token_logprobs(member: Member, tokens: Sequence[int], start: int = 1) -> np.
         return np.asarray(scorer(tokens, start), dtype=np.float64)
     out = np.empty(len(tokens) - start, dtype=np.float64)
     for target in range(start, len(tokens)):
-        out[target - start] = log_softmax(member.next_logits(tokens[:target]))[tokens[target]]
+        out[target - start] = log_softmax(np.asarray(member.next_logits(tokens[:target])))[tokens[target]]
     return out

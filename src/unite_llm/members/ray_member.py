@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidConfigError, UniteError
-from ..methods.unite import top_k_ids
+from ..scores import top_k_ids
 from ..vocab import ByteVocab
 from .base import common_prefix
 from .remote import RemoteLogits, WireStats, parse_spec

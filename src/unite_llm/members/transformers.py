@@ -344,6 +344,12 @@ class TransformersMember:
         self.n_evaluated += sum(len(s) for s in suffixes)
         return out.logits[:, -1].float()
 
+    def token_embeddings(self) -> np.ndarray:
+        """The input embedding matrix as float32 ``[vocab, dim]`` on the host (DeePEn's
+        relative representations); rows past the tokenizer's vocabulary (padding) are cut."""
+        weight = self.model.get_input_embeddings().weight
+        return weight.detach().float().cpu().numpy()[: len(self.vocab)]
+
     def close(self) -> None:
         self._cache = self._batch = None
         self.model = None

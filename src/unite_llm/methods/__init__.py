@@ -1,56 +1,74 @@
 """Step methods: pure functions from the members' next-token scores to a distribution
-over candidates.  ``make_method`` builds one by name (the CLI's ``--method``)."""
+over candidates.  ``make_method`` builds one by name (the CLI's ``--method``).
+
+Methods are registered by name, as members are: the built-in ones below, and those of
+other packages through the ``unite_llm.methods`` entry-point group (``name =
+"module:Class"``; the class takes ``k`` and keyword settings and returns a
+:class:`~unite_llm.methods.base.StepMethod`).  Targets are imported only when a method is
+built, so listing the names costs nothing and no method module imports the decode loop.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from typing import Any
 
 from ..errors import InvalidConfigError
-from .base import END, Candidate, MemberScores, StepDistribution, StepMethod
-from .deepen import DeePEn
-from .gac import GaC
-from .packllm import PackLLM
-from .rank import Rank
-from .unite import UniTE
+from .base import END, BatchView, Candidate, MemberScores, StepDistribution, StepMethod
 
-
-def _deepen_fit(k: int = 10, **options: Any) -> DeePEn:
-    return DeePEn(k=k, fit=True, **options)
-
-
-# Every --method name.  The baselines sit beside UniTE so that `unite generate` and
+# Every built-in --method name.  The baselines sit beside UniTE so that `unite generate` and
 # `unite eval` compare them in the same engine: same members, decode loop and harness.
-METHODS: dict[str, Callable[..., StepMethod]] = {
-    "unite": UniTE,
-    "gac": GaC,  # full union vocabulary
-    "deepen": DeePEn,  # relative-representation space, all anchors (memory-checked)
-    "deepen-fit": _deepen_fit,  # DeePEn with the most anchors that fit the memory budget
-    "packllm": PackLLM,  # UniTE with per-prompt perplexity weights
-    "rank": Rank,  # type: ignore[dict-item]  # response level: best of the members' own answers
+BUILTIN_METHODS: dict[str, str] = {
+    "unite": "unite_llm.methods.unite:UniTE",
+    "gac": "unite_llm.methods.gac:GaC",  # full union vocabulary
+    "deepen": "unite_llm.methods.deepen:DeePEn",  # relative-representation space, all anchors (memory-checked)
+    "deepen-fit": "unite_llm.methods.deepen:DeePEnFit",  # DeePEn with the most anchors that fit the memory budget
+    "packllm": "unite_llm.methods.packllm:PackLLM",  # UniTE with per-prompt perplexity weights
+    "rank": "unite_llm.rank:Rank",  # response level: best of the members' own answers
 }
+
+
+def registered_methods() -> dict[str, str]:
+    """Method name -> ``"module:attribute"``: the built-in ones, then entry points."""
+    found = dict(BUILTIN_METHODS)
+    for ep in entry_points(group="unite_llm.methods"):
+        found.setdefault(ep.name, ep.value)
+    return found
+
+
+METHODS = registered_methods()
+"""The method names known when this module was imported (``registered_methods()`` re-reads)."""
+
+
+def _import(target: str) -> Callable[..., StepMethod]:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def make_method(name: str, *, k: int = 10, **options: Any) -> StepMethod:
     """A step method by name, with its settings checked."""
-    if name not in METHODS:
-        raise InvalidConfigError(f"unknown method {name!r} (known: {', '.join(sorted(METHODS))})")
+    known = registered_methods()
+    if name not in known:
+        raise InvalidConfigError(f"unknown method {name!r} (known: {', '.join(sorted(known))})")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InvalidConfigError(f"k must be an integer >= 1, got {k!r}")
-    return METHODS[name](k=k, **options)
+    method = _import(known[name])(k=k, **options)
+    if not isinstance(method, StepMethod):
+        raise InvalidConfigError(f"method {name!r} ({known[name]}) does not build a StepMethod")
+    return method
 
 
 __all__ = [
+    "BUILTIN_METHODS",
     "END",
     "METHODS",
+    "BatchView",
     "Candidate",
-    "DeePEn",
-    "GaC",
     "MemberScores",
-    "PackLLM",
-    "Rank",
     "StepDistribution",
     "StepMethod",
-    "UniTE",
     "make_method",
+    "registered_methods",
 ]

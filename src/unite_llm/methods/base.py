@@ -11,11 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import numpy as np
 
+from ..scores import Scores, as_scores
 from ..vocab import ByteVocab
+
+if TYPE_CHECKING:
+    from ..members.base import Member
+    from ..sync import TokenTrack
 
 
 class _End:
@@ -49,14 +54,17 @@ def candidate_text(candidate: Candidate) -> str:
 
 @dataclass(frozen=True)
 class MemberScores:
-    """One member at one step: its next-token logits and how to read them as bytes."""
+    """One member at one step: its next-token scores and how to read them as bytes."""
 
     name: str
-    logits: np.ndarray
-    """The full vector, or a remote member's small stand-in with ``top_k_ids`` and ``at``
-    (see :func:`logits_at`)."""
+    logits: Scores
+    """Read through :class:`~unite_llm.scores.Scores` (ranking and id lookup); a numpy
+    vector given here is wrapped as :class:`~unite_llm.scores.DenseScores`."""
     vocab: ByteVocab
     first_subtoken: Callable[[bytes], int | None]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "logits", as_scores(self.logits))
 
 
 @dataclass
@@ -75,34 +83,55 @@ class StepDistribution:
     """How many tokens the method aligned across vocabularies this step (its cost)."""
 
 
-class StepMethod(Protocol):
-    """A per-step ensembling rule (UniTE, GaC, ...).
+@dataclass(frozen=True)
+class BatchView:
+    """What a batched step needs of the members, beside their ``[rows, vocab]`` scores."""
 
-    Two optional hooks, looked up with ``getattr`` by :class:`~unite_llm.engine.Ensemble`:
+    names: Sequence[str]
+    vocabs: Sequence[ByteVocab]
+    first_subtokens: Sequence[Callable[[bytes], int | None]]
 
-    * ``prepare(ensemble, tracks)``: called once per generation after the prompt is
-      tokenized and before prefill, with the ensemble and each member's token track.
-      GaC and DeePEn build their vocabulary maps there (cached across generations),
-      PackLLM computes its per-prompt weights; the time goes to ``Timing.prepare_s``.
-    * ``generate(ensemble, prompt, config, *, chat)``: a *response-level* method (rank)
-      that produces whole answers itself; ``Ensemble.generate/stream`` hand over to it.
+
+class StepMethod:
+    """Base of the per-step ensembling rules (UniTE, GaC, ...), one small class each.
+
+    A method is called once per step with every member's scores and the member weights,
+    and returns a :class:`StepDistribution`; it never sees the decode loop.  What else
+    the loop may do with it is *declared* by class attributes, read by
+    :class:`~unite_llm.engine.Ensemble` and never guessed from the object:
+
+    * ``needs_prepare``: call :meth:`prepare` once per generation (per row of a batch),
+      after the prompt is tokenized and before prefill; its time is ``Timing.prepare_s``.
+    * ``batched``: :meth:`step_batch` steps many rows at once on the members' own
+      ``[rows, vocab]`` scores (UniTE: top-k on the device); without it a batch gets host
+      copies and the method is called row by row.
+    * ``response_level``: the method produces whole answers itself (a ``generate(ensemble,
+      prompt, config, *, chat)`` method, see :mod:`unite_llm.rank`) and is never stepped.
     """
 
-    name: str
+    name: str = "?"
+    k: int = 10
+    needs_prepare: ClassVar[bool] = False
+    batched: ClassVar[bool] = False
+    response_level: ClassVar[bool] = False
 
-    def __call__(self, members: Sequence[MemberScores], weights: np.ndarray, *, ignore_eos: bool = False) -> StepDistribution: ...
+    def __call__(self, members: Sequence[MemberScores], weights: np.ndarray, *, ignore_eos: bool = False) -> StepDistribution:
+        raise NotImplementedError(f"{type(self).__name__} defines no per-step rule")
 
+    def prepare(self, members: Sequence[Member], tracks: Sequence[TokenTrack], primary: int | None) -> np.ndarray | None:
+        """Per-generation set-up (``needs_prepare``); may return this generation's member
+        weights (PackLLM), or ``None`` to keep the ensemble's."""
+        return None
 
-def logits_at(logits: object, ids: Sequence[int]) -> np.ndarray:
-    """The scores of ``ids`` (float64), in one lookup.
+    def step_batch(
+        self, scores: Sequence[Any], view: BatchView, weights: np.ndarray, *, ignore_eos: bool = False
+    ) -> tuple[list[StepDistribution], list[list[Scores]]]:
+        """Per row (``batched``): the distribution and each member's scores of that row.
 
-    A local member's logits are an array.  A remote member's are an object with
-    ``at(ids)`` that fetches (or bounds) just those ids, so a step costs one small
-    request per member instead of a vocabulary-sized vector.
-    """
-    if isinstance(logits, np.ndarray):
-        return logits[np.asarray(ids, dtype=np.intp)].astype(np.float64)
-    return np.asarray(logits.at(ids), dtype=np.float64)  # type: ignore[attr-defined]
+        ``scores[i]`` is member i's ``[rows, vocab]`` array or tensor; ``weights`` is
+        ``[rows, members]``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no batched step")
 
 
 def logsumexp(values: Sequence[float]) -> float:

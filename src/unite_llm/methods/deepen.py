@@ -37,13 +37,19 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import InvalidConfigError
+from ..scores import dense
 from ..vocab import ByteVocab
-from .base import END, Candidate, MemberScores, StepDistribution
+from .base import END, Candidate, MemberScores, StepDistribution, StepMethod
 from .gac import full_softmax
+
+if TYPE_CHECKING:
+    from ..members.base import Member
+    from ..sync import TokenTrack
 
 log = logging.getLogger("unite_llm")
 
@@ -140,7 +146,7 @@ def budget_bytes(memory_gib: float | None) -> int:
     return int(memory_gib * GIB)
 
 
-class DeePEn:
+class DeePEn(StepMethod):
     """The DeePEn step method.
 
     ``anchors``: use only the first N anchors (None: all).  ``fit``: pick the largest N that
@@ -148,6 +154,7 @@ class DeePEn:
     """
 
     name = "deepen"
+    needs_prepare = True
 
     def __init__(
         self,
@@ -178,10 +185,8 @@ class DeePEn:
 
     # -- set-up ---------------------------------------------------------------------
 
-    def prepare(self, ensemble: object, tracks: object) -> None:
+    def prepare(self, members: Sequence[Member], tracks: Sequence[TokenTrack], primary: int | None) -> None:
         """Build the relative space once per member set (token embeddings from each member)."""
-        members = ensemble.members  # type: ignore[attr-defined]
-        primary = getattr(ensemble, "primary", None)
         self.target = primary if primary is not None else 0
         vocabs = [m.vocab for m in members]
         if self.space is not None and all(a is b for a, b in zip(vocabs, self._vocabs)) and len(vocabs) == len(self._vocabs):
@@ -247,7 +252,7 @@ class DeePEn:
         mask = allowed.copy()
         if ignore_eos:
             mask[list(member.vocab.eog_ids)] = False
-        return full_softmax(np.where(mask, member.logits[:n], -np.inf))
+        return full_softmax(np.where(mask, dense(member.logits, n), -np.inf))
 
     def __call__(self, members: Sequence[MemberScores], weights: np.ndarray, *, ignore_eos: bool = False) -> StepDistribution:
         space = self.space
@@ -260,7 +265,9 @@ class DeePEn:
         allowed_t = space.allowed[t].copy()
         if ignore_eos:
             allowed_t[list(members[t].vocab.eog_ids)] = False
-        p_hat = inverse_search(r, space.matrices[t], members[t].logits[: len(members[t].vocab)], allowed_t, self.steps, self.lr)
+        p_hat = inverse_search(
+            r, space.matrices[t], dense(members[t].logits, len(members[t].vocab)), allowed_t, self.steps, self.lr
+        )
         return self._distribution(members, probs, p_hat, t, sum(len(m.vocab) for m in members))
 
     def _distribution(
@@ -292,3 +299,10 @@ class DeePEn:
             rules=rules,
             aligned=aligned,
         )
+
+
+class DeePEnFit(DeePEn):
+    """``deepen-fit``: DeePEn with the most anchors that fit the memory budget."""
+
+    def __init__(self, k: int = 10, **options: Any) -> None:
+        super().__init__(k=k, fit=True, **options)

@@ -28,11 +28,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..scores import dense
 from ..vocab import ByteVocab
-from .base import END, Candidate, MemberScores, StepDistribution
+from .base import END, Candidate, MemberScores, StepDistribution, StepMethod
+
+if TYPE_CHECKING:
+    from ..members.base import Member
+    from ..sync import TokenTrack
 
 DEFAULT_TOP = 64
 
@@ -83,11 +89,12 @@ def full_softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-class GaC:
+class GaC(StepMethod):
     """The GaC step method.  ``k`` is accepted for a uniform interface and not used:
     GaC averages whole distributions.  ``top`` bounds what the step returns (see module)."""
 
     name = "gac"
+    needs_prepare = True
 
     def __init__(self, k: int = 10, top: int = DEFAULT_TOP) -> None:
         self.k = k
@@ -102,13 +109,13 @@ class GaC:
             self._vocabs = tuple(vocabs)
         return self._union
 
-    def prepare(self, ensemble: object, tracks: object) -> None:
+    def prepare(self, members: Sequence[Member], tracks: Sequence[TokenTrack], primary: int | None) -> None:
         """Build (or reuse) the union maps before prefill, so set-up is timed apart."""
-        self.union_for([m.vocab for m in ensemble.members])  # type: ignore[attr-defined]
+        self.union_for([m.vocab for m in members])
 
     def member_union_probs(self, member: MemberScores, union: UnionVocab, i: int, *, ignore_eos: bool) -> np.ndarray:
         """One member's full distribution scattered into the union (sums to 1)."""
-        p = full_softmax(member.logits[: len(member.vocab)])
+        p = full_softmax(dense(member.logits, len(member.vocab)))
         src, dst = union.sources[i], union.maps[i]
         q = np.bincount(dst, weights=p[src], minlength=union.size)
         if ignore_eos:

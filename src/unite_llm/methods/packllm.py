@@ -12,23 +12,28 @@ comparison isolates the weighting.  ``per="byte"`` normalises by the prompt's by
 instead of tokens (bits per byte), which does not favour a tokenizer that cuts the text
 into many easy pieces; ``per="token"`` (default) is the paper's.
 
-The weights are computed in the ``prepare`` hook, once per generation, with each
-member's log-likelihoods (:func:`~unite_llm.members.base.token_logprobs`: one batched
-pass on llama.cpp, whose KV cache is then reused by prefill).  The engine's weights are
-ignored; the ones used are kept in ``last_weights`` and logged.
+The weights are computed in the ``prepare`` hook, once per generation (per row of a
+batch), with each member's log-likelihoods (:func:`~unite_llm.members.base.token_logprobs`:
+one batched pass on llama.cpp, whose KV cache is then reused by prefill), and returned to
+the decode loop, which steps that generation with them instead of the ensemble's.  The
+last ones are also kept in ``last_weights`` and logged.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import InvalidConfigError
 from ..members.base import token_logprobs
-from .base import MemberScores, StepDistribution
 from .unite import UniTE
+
+if TYPE_CHECKING:
+    from ..members.base import Member
+    from ..sync import TokenTrack
 
 log = logging.getLogger("unite_llm")
 
@@ -54,6 +59,7 @@ class PackLLM(UniTE):
     """UniTE with per-prompt PackLLM-sim weights."""
 
     name = "packllm"
+    needs_prepare = True
 
     def __init__(self, k: int = 10, tau: float = 1.0, per: str = "token") -> None:
         super().__init__(k=k)
@@ -65,19 +71,15 @@ class PackLLM(UniTE):
         self.last_weights: np.ndarray | None = None
         self.last_log_ppl: list[float] = []
 
-    def prepare(self, ensemble: object, tracks: Sequence[object]) -> None:
-        """Score the prompt with every member and set this generation's weights."""
-        members = ensemble.members  # type: ignore[attr-defined]
+    def prepare(self, members: Sequence[Member], tracks: Sequence[TokenTrack], primary: int | None) -> np.ndarray:
+        """Score the prompt with every member; returns this generation's weights."""
         log_ppl = []
         for member, track in zip(members, tracks):
-            tokens = track.tokens  # type: ignore[attr-defined]
+            tokens = track.tokens
             lp = token_logprobs(member, tokens, 1) if len(tokens) > 1 else np.zeros(0)
             n_bytes = len(member.vocab.decode(tokens[1:]))
             log_ppl.append(prompt_log_ppl(lp, n_bytes, self.per))
         self.last_log_ppl = log_ppl
         self.last_weights = packllm_weights(log_ppl, self.tau)
         log.info("packllm: log-ppl %s -> weights %s", np.round(log_ppl, 3).tolist(), np.round(self.last_weights, 3).tolist())
-
-    def __call__(self, members: Sequence[MemberScores], weights: np.ndarray, *, ignore_eos: bool = False) -> StepDistribution:
-        w = self.last_weights if self.last_weights is not None and len(self.last_weights) == len(members) else weights
-        return super().__call__(members, w, ignore_eos=ignore_eos)
+        return self.last_weights

@@ -22,56 +22,25 @@ Two details the paper leaves open, decided here:
 Logits are used as they come: the softmax normaliser cancels in the renormalisation, so
 no pass over the full vocabulary is needed beyond the top-k selection.
 
-The step reads a member's logits through two operations only, ranking (:func:`top_k_ids`)
-and looking up ids (:func:`~unite_llm.methods.base.logits_at`, once per member per step).
-A member on another machine returns a small object with ``top_k_ids`` and ``at`` instead
-of the full vector, so only the top-k and the union's ids cross the wire
-(:mod:`unite_llm.members.ray_member`, :mod:`unite_llm.members.openai`).
+The step reads a member's logits through the two operations of
+:class:`~unite_llm.scores.Scores` only: ranking (``top_k_ids``) and looking up ids (``at``,
+once per member per step).  A member on another machine returns a small object meeting the
+same contract instead of the full vector, so only the top-k and the union's ids cross the
+wire (:mod:`unite_llm.members.ray_member`, :mod:`unite_llm.members.openai`); a batch on a
+GPU keeps its vocabulary-sized work on the device (:mod:`unite_llm.methods.unite_batch`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
+from ..scores import Scores, top_k_ids
 from ..vocab import ByteVocab
-from .base import END, Candidate, MemberScores, StepDistribution, logits_at, logsumexp, softmax
-
-_SPARE = 16  # extra ids fetched so that skipped control tokens rarely force a second pass
-
-
-def top_k_ids(logits: np.ndarray, vocab: ByteVocab, k: int, *, ignore_eos: bool = False) -> list[int]:
-    """The ``k`` most likely ids that are text or end-of-generation, best first.
-
-    Selection by threshold: everything within ``delta`` of the max is gathered with one
-    vectorised comparison (~0.1 ms on 262k logits, against ~2 ms for ``argpartition``),
-    and ``delta`` doubles until enough ids are in.  Ties keep the lower id first, as
-    ``argmax`` does.
-    """
-    if not isinstance(logits, np.ndarray):  # remote scores rank where the logits live
-        return logits.top_k_ids(vocab, k, ignore_eos=ignore_eos)
-
-    def allowed(tid: int) -> bool:
-        return vocab.emittable[tid] or (not ignore_eos and tid in vocab.eog_ids)
-
-    n = len(vocab)
-    scores = logits[:n]
-    top = float(scores.max())
-    need = k + _SPARE
-    delta = 4.0
-    while True:
-        ids = np.flatnonzero(scores >= top - delta) if np.isfinite(top) else np.arange(n)
-        order = ids[np.argsort(-scores[ids], kind="stable")]
-        picked: list[int] = []
-        for tid in order.tolist():  # best first; stop as soon as k are in
-            if allowed(tid):
-                picked.append(tid)
-                if len(picked) == k:
-                    break
-        if len(picked) == k or len(ids) == n or delta > 1e30:
-            return picked
-        delta = delta * 4 if len(ids) < need else delta * 2
+from .base import END, BatchView, Candidate, MemberScores, StepDistribution, StepMethod, logsumexp, softmax
+from .unite_batch import DeviceStep, FirstSubtoken, GatheredLogits
 
 
 def candidate_of(tid: int, vocab: ByteVocab) -> Candidate:
@@ -110,7 +79,7 @@ def member_log_scores(
     """One member's (unnormalised) log-probability of each candidate, and the rule used."""
     wanted = [member_ids(member, c, c in own, ignore_eos) for c in cands]
     flat = [t for ids, _ in wanted for t in ids]
-    values = logits_at(member.logits, flat).tolist() if flat else []
+    values = member.logits.at(flat).tolist() if flat else []
     out, pos = [], 0
     for ids, rule in wanted:
         out.append((logsumexp(values[pos : pos + len(ids)]), rule))
@@ -123,16 +92,18 @@ def member_log_score(member: MemberScores, cand: Candidate, in_top: bool, ignore
     return member_log_scores(member, [cand], {cand} if in_top else set(), ignore_eos)[0]
 
 
-class UniTE:
+class UniTE(StepMethod):
     """The UniTE step method; ``k`` is the per-member top-k (10 in the paper)."""
 
     name = "unite"
+    batched = True
 
     def __init__(self, k: int = 10) -> None:
         self.k = k
+        self._batched: BatchedUniTE | None = None
 
     def __call__(self, members: Sequence[MemberScores], weights: np.ndarray, *, ignore_eos: bool = False) -> StepDistribution:
-        tops = [[candidate_of(t, m.vocab) for t in top_k_ids(m.logits, m.vocab, self.k, ignore_eos=ignore_eos)] for m in members]
+        tops = [[candidate_of(t, m.vocab) for t in m.logits.top_k_ids(m.vocab, self.k, ignore_eos=ignore_eos)] for m in members]
         cands = union(tops)
         scores = np.empty((len(members), len(cands)))
         rules: list[list[str]] = []
@@ -143,3 +114,73 @@ class UniTE:
         member_probs = softmax(scores)
         probs = np.asarray(weights, dtype=np.float64) @ member_probs
         return StepDistribution(cands, probs / probs.sum(), member_probs, rules, aligned=len(cands))
+
+    def step_batch(
+        self, scores: Sequence[Any], view: BatchView, weights: np.ndarray, *, ignore_eos: bool = False
+    ) -> tuple[list[StepDistribution], list[list[Scores]]]:
+        """Every row at once, top-k where the scores live (:class:`BatchedUniTE`)."""
+        if self._batched is None or self._batched.k != self.k:
+            self._batched = BatchedUniTE(self.k)
+        dists, gathered = self._batched(scores, view.vocabs, view.names, view.first_subtokens, weights, ignore_eos=ignore_eos)
+        return dists, [list(row) for row in gathered]
+
+
+class BatchedUniTE(DeviceStep):
+    """UniTE's step for ``B`` rows at once: the device-side top-k and gather of
+    :mod:`unite_llm.methods.unite_batch`, finished row by row with the rules above, so a
+    row's distribution is the one :class:`UniTE` computes from the same logits."""
+
+    def __call__(
+        self,
+        scores: Sequence[Any],
+        vocabs: Sequence[ByteVocab],
+        names: Sequence[str],
+        first_subtokens: Sequence[FirstSubtoken],
+        weights: np.ndarray,
+        *,
+        ignore_eos: bool = False,
+    ) -> tuple[list[StepDistribution], list[list[GatheredLogits]]]:
+        """Per row: the step distribution, and each member's gathered logits (for primary mode).
+
+        ``weights`` is ``[members]`` (every row alike) or ``[rows, members]``.
+        """
+        n_members = len(scores)
+        n_rows = int(scores[0].shape[0])
+        top_ids: list[list[list[int]]] = []  # [member][row] -> ids, best first
+        tops: list[list[list[Candidate]]] = []  # the same as candidates
+        for s, vocab in zip(scores, vocabs):
+            ids = self.top_ids(s, vocab, ignore_eos).tolist()
+            top_ids.append(ids)
+            tops.append([[candidate_of(int(t), vocab) for t in row] for row in ids])
+        cands = [union([tops[i][b] for i in range(n_members)]) for b in range(n_rows)]
+
+        gathered: list[list[GatheredLogits]] = []
+        for i, (s, vocab) in enumerate(zip(scores, vocabs)):
+            pairs: list[tuple[int, int]] = []
+            for b in range(n_rows):
+                for cand in cands[b]:
+                    pairs.extend((b, t) for t in self.needed(cand, vocab, first_subtokens[i], ignore_eos))
+            values = self.gather(s, pairs)
+            per_row: list[dict[int, float]] = [{} for _ in range(n_rows)]
+            for (b, t), v in zip(pairs, values):
+                per_row[b][t] = v
+            gathered.append([GatheredLogits(d, top_ids[i][b], (self.k, ignore_eos)) for b, d in enumerate(per_row)])
+
+        dists: list[StepDistribution] = []
+        w = np.asarray(weights, dtype=np.float64)
+        for b in range(n_rows):
+            table = np.empty((n_members, len(cands[b])))
+            rules: list[list[str]] = []
+            for i in range(n_members):
+                view = MemberScores(names[i], gathered[i][b], vocabs[i], first_subtokens[i])
+                own = set(tops[i][b])
+                row = [member_log_score(view, c, c in own, ignore_eos) for c in cands[b]]
+                table[i] = [v for v, _ in row]
+                rules.append([r for _, r in row])
+            member_probs = softmax(table)
+            probs = (w[b] if w.ndim == 2 else w) @ member_probs
+            dists.append(StepDistribution(cands[b], probs / probs.sum(), member_probs, rules, aligned=len(cands[b])))
+        return dists, [[gathered[i][b] for i in range(n_members)] for b in range(n_rows)]
+
+
+__all__ = ["BatchedUniTE", "UniTE", "candidate_of", "member_log_score", "member_log_scores", "top_k_ids", "union"]

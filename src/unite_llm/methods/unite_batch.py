@@ -11,9 +11,11 @@ member's top-k and its scores of the few union candidates.  So, per member:
 3. gather every score the step will read (the ids of each candidate, the EOG ids, the
    first sub-token of candidates outside the vocabulary) in one indexed read: those
    few numbers are all that leave the device;
-4. finish with the single step's own rules (:func:`member_log_score`), so a row's
-   distribution is the one UniTE computes from the same logits.
+4. finish with the single step's own rules (:func:`~unite_llm.methods.unite.member_log_score`),
+   so a row's distribution is the one UniTE computes from the same logits.
 
+This module holds the device-side operations (steps 1 and 3, and the gather plan);
+:class:`~unite_llm.methods.unite.BatchedUniTE` puts them together beside the single step.
 Works on numpy ``[B, V]`` arrays too (members that score rows one by one).
 """
 
@@ -25,35 +27,40 @@ from typing import Any
 import numpy as np
 
 from ..vocab import ByteVocab
-from .base import END, Candidate, MemberScores, StepDistribution, softmax
-from .unite import candidate_of, member_log_score, union
+from .base import END, Candidate
 
 FirstSubtoken = Callable[[bytes], int | None]
 
 
 class GatheredLogits:
-    """The few logits of one row that left the device, indexable like the full vector.
+    """The few logits of one row that left the device (a :class:`~unite_llm.scores.Scores`).
 
-    Reading an id that was not gathered is a bug in the gather plan, so it raises.
+    Reading an id that was not gathered is a bug in the gather plan, so it raises; so does
+    asking for a top-k other than the one ranked on the device.
     """
 
-    def __init__(self, values: dict[int, float]) -> None:
+    approximated: Sequence[str] = ()
+
+    def __init__(self, values: dict[int, float], top: Sequence[int] = (), key: tuple[int, bool] = (0, False)) -> None:
         self.values = values
+        self.top = list(top)
+        self.key = key
 
-    def __getitem__(self, tid: int) -> float:
-        return self.values[int(tid)]
+    def top_k_ids(self, vocab: ByteVocab, k: int, *, ignore_eos: bool = False) -> list[int]:
+        if (k, ignore_eos) != self.key:
+            raise KeyError(f"this row was ranked on the device for k={self.key[0]}, ignore_eos={self.key[1]}")
+        return list(self.top)
 
-    def at(self, ids: Any) -> list[float]:
-        """The scores of ``ids`` (the lookup :func:`~unite_llm.methods.base.logits_at` uses)."""
-        return [self.values[int(t)] for t in ids]
+    def at(self, ids: Sequence[int]) -> np.ndarray:
+        return np.array([self.values[int(t)] for t in ids], dtype=np.float64)
 
 
 def _is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch")
 
 
-class BatchedUniTE:
-    """UniTE's step for ``B`` rows at once (see the module docstring)."""
+class DeviceStep:
+    """The device-side half of UniTE's batched step (see the module docstring)."""
 
     def __init__(self, k: int) -> None:
         self.k = k
@@ -74,7 +81,7 @@ class BatchedUniTE:
             mask = self._allowed[key] = ok
         return mask
 
-    def _top_ids(self, scores: Any, vocab: ByteVocab, ignore_eos: bool) -> np.ndarray:
+    def top_ids(self, scores: Any, vocab: ByteVocab, ignore_eos: bool) -> np.ndarray:
         """``[B, k']`` ids of each row's top-k allowed tokens, best first."""
         n = len(vocab)
         scores = scores[:, :n]
@@ -89,7 +96,7 @@ class BatchedUniTE:
         return np.take_along_axis(part, order, axis=-1)
 
     @staticmethod
-    def _gather(scores: Any, pairs: list[tuple[int, int]]) -> list[float]:
+    def gather(scores: Any, pairs: list[tuple[int, int]]) -> list[float]:
         if not pairs:
             return []
         rows = [b for b, _ in pairs]
@@ -102,56 +109,9 @@ class BatchedUniTE:
             return scores[index_rows, index_ids].double().cpu().tolist()
         return np.asarray(scores)[rows, ids].astype(np.float64).tolist()
 
-    def __call__(
-        self,
-        scores: Sequence[Any],
-        vocabs: Sequence[ByteVocab],
-        names: Sequence[str],
-        first_subtokens: Sequence[FirstSubtoken],
-        weights: np.ndarray,
-        *,
-        ignore_eos: bool = False,
-    ) -> tuple[list[StepDistribution], list[list[GatheredLogits]]]:
-        """Per row: the step distribution, and each member's gathered logits (for primary mode)."""
-        n_members = len(scores)
-        n_rows = int(scores[0].shape[0])
-        tops: list[list[list[Candidate]]] = []  # [member][row] -> candidates, best first
-        for s, vocab in zip(scores, vocabs):
-            ids = self._top_ids(s, vocab, ignore_eos)
-            tops.append([[candidate_of(int(t), vocab) for t in row] for row in ids.tolist()])
-        cands = [union([tops[i][b] for i in range(n_members)]) for b in range(n_rows)]
-
-        gathered: list[list[GatheredLogits]] = []
-        for i, (s, vocab) in enumerate(zip(scores, vocabs)):
-            pairs: list[tuple[int, int]] = []
-            for b in range(n_rows):
-                for cand in cands[b]:
-                    pairs.extend((b, t) for t in self._needed(cand, vocab, first_subtokens[i], ignore_eos))
-            values = self._gather(s, pairs)
-            per_row: list[dict[int, float]] = [{} for _ in range(n_rows)]
-            for (b, t), v in zip(pairs, values):
-                per_row[b][t] = v
-            gathered.append([GatheredLogits(d) for d in per_row])
-
-        dists: list[StepDistribution] = []
-        w = np.asarray(weights, dtype=np.float64)
-        for b in range(n_rows):
-            table = np.empty((n_members, len(cands[b])))
-            rules: list[list[str]] = []
-            for i in range(n_members):
-                view = MemberScores(names[i], gathered[i][b], vocabs[i], first_subtokens[i])  # type: ignore[arg-type]
-                own = set(tops[i][b])
-                row = [member_log_score(view, c, c in own, ignore_eos) for c in cands[b]]
-                table[i] = [v for v, _ in row]
-                rules.append([r for _, r in row])
-            member_probs = softmax(table)
-            probs = w @ member_probs
-            dists.append(StepDistribution(cands[b], probs / probs.sum(), member_probs, rules, aligned=len(cands[b])))
-        return dists, [[gathered[i][b] for i in range(n_members)] for b in range(n_rows)]
-
     @staticmethod
-    def _needed(cand: Candidate, vocab: ByteVocab, first_subtoken: FirstSubtoken, ignore_eos: bool) -> list[int]:
-        """The ids whose scores :func:`member_log_score` will read for ``cand``."""
+    def needed(cand: Candidate, vocab: ByteVocab, first_subtoken: FirstSubtoken, ignore_eos: bool) -> list[int]:
+        """The ids whose scores :func:`~unite_llm.methods.unite.member_log_score` will read for ``cand``."""
         if cand is END:
             return [] if ignore_eos else sorted(vocab.eog_ids)
         assert isinstance(cand, bytes)

@@ -1,7 +1,9 @@
 """Response-level ensembling: every member answers alone, the best answer wins
 (the selection step of LLM-Blender, Jiang et al. 2023).
 
-Not a step method: no token is ever shared between members while they generate.  ::
+Not a step method: no token is ever shared between members while they generate, so it
+lives beside the decode loop, not among the per-step rules of :mod:`unite_llm.methods`;
+its class declares ``response_level`` and the loop hands whole generations to it.  ::
 
     answer_i = member_i generating on its own                  (a one-member Ensemble)
     s_ij     = mean_t log p_i(answer_j,t | prompt, answer_j,<t)   (every member scores every answer)
@@ -24,17 +26,16 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidConfigError
-from ..members.base import Member, common_prefix, token_logprobs
-from ..prompts import Prompt, start_track
-from ..sampling import GenerationConfig
-
-if TYPE_CHECKING:
-    from ..engine import Ensemble, GenerationOutput
+from .engine import Ensemble, GenerationOutput, Timing
+from .errors import InvalidConfigError
+from .members.base import Member, common_prefix, token_logprobs
+from .methods.base import StepMethod
+from .prompts import Prompt, start_track
+from .sampling import GenerationConfig
 
 log = logging.getLogger("unite_llm")
 
@@ -97,14 +98,11 @@ def rank_generate(
     ensemble: Ensemble, prompt: Prompt, config: GenerationConfig | None = None, *, chat: bool = False, ranker: str | None = None
 ) -> tuple[GenerationOutput, Ranking]:
     """Every member answers alone; the best-ranked answer is returned with how it was ranked."""
-    from ..engine import Ensemble as _Ensemble
-    from ..engine import GenerationOutput, Timing
-
     config = config or GenerationConfig()
     outputs = []
     timing = Timing(load_s=ensemble.load_s)
     for member in ensemble.members:
-        solo = _Ensemble([member], k=getattr(ensemble.method, "k", 10), method="unite")  # a lone member is its own primary
+        solo = Ensemble([member], k=ensemble.method.k, method="unite")  # a lone member is its own primary
         out = solo.generate(prompt, config, chat=chat)
         outputs.append(out)
         timing.prefill_s += out.timing.prefill_s
@@ -144,10 +142,11 @@ def rank_generate(
     return result, ranking
 
 
-class Rank:
+class Rank(StepMethod):
     """The ``rank`` method: response-level selection (see the module docstring)."""
 
     name = "rank"
+    response_level = True
 
     def __init__(self, k: int = 10, ranker: str | None = None) -> None:
         self.k = k
