@@ -166,3 +166,18 @@ def test_declared_capabilities_drive_the_loop():
     outs = ens.generate(PROMPTS, max_new_tokens=4, ignore_eos=True)
     assert method.prepared == len(PROMPTS)  # once per row
     assert method.stepped == sum(len(o.steps) for o in outs)  # not batched: called row by row
+
+
+def test_a_method_from_another_package_through_the_entry_point_group(tmp_path, monkeypatch):
+    """A package that declares ``[project.entry-points."unite_llm.methods"]`` adds a method."""
+    dist = tmp_path / "unite_plugin_demo-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: unite-plugin-demo\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[unite_llm.methods]\ncounting = {__name__}:Counting\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from unite_llm.methods import registered_methods
+
+    assert registered_methods()["counting"] == f"{__name__}:Counting"
+    ens = Ensemble(pair(False), method="counting", k=3)
+    assert isinstance(ens.method, Counting) and ens.method.k == 3
+    assert ens.generate("The cat", max_new_tokens=3).steps and ens.method.prepared == 1

@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -328,7 +328,7 @@ class Ensemble:
 
     def stream(
         self, prompt: Prompt, config: GenerationConfig | None = None, *, chat: bool = False, **kwargs: Any
-    ) -> Iterator[StreamChunk]:
+    ) -> Generator[StreamChunk, None, None]:
         """Generate step by step, yielding text as soon as it is complete UTF-8."""
         config = _config(config, kwargs)
         with self._exclusive():
@@ -427,9 +427,9 @@ class Ensemble:
         """
         subtokens = self._subtokens()
         if not batched:
-            logits = [as_scores(s) for s in scores]
-            views = [MemberScores(m.name, lg, m.vocab, f) for m, lg, f in zip(self.members, logits, subtokens)]
-            return [(self.method(views, rows[0].weights, ignore_eos=ignore_eos), logits)]
+            single = [as_scores(s) for s in scores]
+            views = [MemberScores(m.name, lg, m.vocab, f) for m, lg, f in zip(self.members, single, subtokens)]
+            return [(self.method(views, rows[0].weights, ignore_eos=ignore_eos), single)]
         if self.method.batched:
             view = BatchView(self.names, [m.vocab for m in self.members], subtokens)
             weights = np.stack([row.weights for row in rows])
@@ -438,9 +438,9 @@ class Ensemble:
         host = [_host_rows(s) for s in scores]
         out: list[tuple[StepDistribution, list[Scores]]] = []
         for b, row in enumerate(rows):
-            logits = [DenseScores(h[b]) for h in host]
+            logits: list[Scores] = [DenseScores(h[b]) for h in host]
             views = [MemberScores(m.name, lg, m.vocab, f) for m, lg, f in zip(self.members, logits, subtokens)]
-            out.append((self.method(views, row.weights, ignore_eos=ignore_eos), cast("list[Scores]", logits)))
+            out.append((self.method(views, row.weights, ignore_eos=ignore_eos), logits))
         return out
 
     def _record(self, index: int, dist: StepDistribution, choice: int) -> StepRecord:

@@ -82,7 +82,7 @@ def answer_loglik(member: Member, prompt: Prompt, answer: bytes, *, chat: bool) 
 def pairrm_scores(path: str, prompt: Prompt, answers: Sequence[str]) -> np.ndarray:
     """Rank with a local PairRM model through llm-blender; returns ``-rank`` per answer."""
     try:
-        import llm_blender  # type: ignore[import-not-found]
+        import llm_blender
     except Exception as err:  # any import failure (missing, or broken deps) means no PairRM
         raise InvalidConfigError(f"the PairRM ranker needs the llm-blender package ({err}); pip install llm-blender") from None
     if not os.path.isdir(path):

@@ -71,7 +71,7 @@ class DeviceStep:
         key = (id(vocab), ignore_eos, str(getattr(like, "device", "numpy")))
         mask = self._allowed.get(key)
         if mask is None:
-            ok = np.asarray(vocab.emittable, dtype=bool)
+            ok: Any = np.asarray(vocab.emittable, dtype=bool)
             if not ignore_eos:
                 ok[list(vocab.eog_ids)] = True
             if _is_torch(like):
