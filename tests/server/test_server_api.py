@@ -87,6 +87,7 @@ def test_stream_include_usage_and_explain(server):
         chosen = [c for c in s["union"] if c["text"] == s["chosen"]]
         assert chosen and chosen[0]["prob"] == pytest.approx(s["prob"])
         assert sum(c["prob"] for c in s["union"]) == pytest.approx(1.0, abs=1e-6)
+        assert s["end"] is False and all(isinstance(c["end"], bool) for c in s["union"])  # END is flagged, not spelled
     assert msgs[-2]["unite"]["prompt_tokens"]["gemma3-270m"] > 0
 
 
@@ -121,7 +122,7 @@ def test_chat_logprobs_and_unite(server, client):
     unite = got.model_extra["unite"]
     assert unite["members"] == ["smollm2-135m-instruct", "gemma3-270m"]
     steps = unite["choices"][0]["steps"]
-    assert len([s for s in steps if s["chosen"] != "<END>"]) == len(content)
+    assert len([s for s in steps if not s["end"]]) == len(content)
     assert all("union" not in s for s in steps)  # explain without union: sizes and member probabilities only
 
 

@@ -62,7 +62,7 @@ def expected_steps(server) -> list[dict]:
     )
     r.raise_for_status()
     body = r.json()
-    return body["choices"][0]["text"], [s for s in body["unite"]["choices"][0]["steps"] if s["chosen"] != "<END>"]
+    return body["choices"][0]["text"], [s for s in body["unite"]["choices"][0]["steps"] if not s["end"]]
 
 
 def test_playground_streams_colours_and_explains(server, page, artifacts):

@@ -11,7 +11,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from .schemas import ErrorBody, ErrorDetail
+from .protocol import ErrorBody, ErrorDetail
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -1,4 +1,4 @@
-"""Request and response bodies of the OpenAI-compatible API (pydantic).
+"""Request bodies of the OpenAI-compatible API (pydantic); the responses are in :mod:`.protocol`.
 
 Field names and defaults follow OpenAI's API reference (``/v1/completions``,
 ``/v1/chat/completions``) so that its official client, lm-evaluation-harness and other
@@ -9,12 +9,12 @@ and ``ignore_eos`` (vLLM's name, for benchmarks that need a fixed length).
 
 Type and range problems are pydantic's job and come back as 422; settings that are
 valid JSON but that this server cannot honour (``n > 1``, token-id prompts, ``echo``)
-are checked in :mod:`.app` and come back as 400 naming the parameter.
+are checked in :mod:`.serving` and come back as 400 naming the parameter.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -103,42 +103,3 @@ class ChatCompletionRequest(_Common):
     max_completion_tokens: int | None = Field(None, ge=0)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-
-
-# -- responses ---------------------------------------------------------------------
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    """The longest of the members' prompt tokenizations (each member counts its own tokens)."""
-    completion_tokens: int
-    """Ensemble steps that appended text (one united piece each)."""
-    total_tokens: int
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "unite-llm"
-    members: list[str]
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail
-
-
-def dump(model: BaseModel | dict[str, Any]) -> dict[str, Any]:
-    return model if isinstance(model, dict) else model.model_dump()

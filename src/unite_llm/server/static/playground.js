@@ -47,7 +47,7 @@ function showTooltip(ev) {
   }
   const step = span._step;
   const rows = [...step.union].sort((a, b) => b.prob - a.prob).map((c) => {
-    const cls = c.text === step.chosen ? ' class="chosen"' : "";
+    const cls = c.text === step.chosen && Boolean(c.end) === Boolean(step.end) ? ' class="chosen"' : "";
     const cells = members.map((n) => `<td>${pct(c.members[n] ?? 0)}</td>`).join("");
     return `<tr${cls}><td class="cand">${esc(visible(c.text))}</td><td>${pct(c.prob)}</td>${cells}</tr>`;
   });
@@ -64,7 +64,8 @@ function showTooltip(ev) {
 }
 
 function addPiece(text, steps) {
-  const shown = steps.filter((s) => s.chosen !== "<END>");
+  // The END step (flagged on the record; its text "<END>" could also be a real piece) adds no text.
+  const shown = steps.filter((s) => !s.end);
   const step = shown.length ? shown[shown.length - 1] : steps[steps.length - 1];
   const span = document.createElement("span");
   span.textContent = text;

@@ -1,0 +1,559 @@
+"""What the OpenAI-compatible endpoints do, in vLLM's manner (``serving_completion.py`` and co.).
+
+:class:`OpenAIServing` holds the ensemble's side of every route in :mod:`.app`: the checks
+made **before** a request is queued (model name, unsupported settings, each member's prompt
+length against its context), the :class:`~unite_llm.sampling.GenerationConfig`, the job it
+submits to the :class:`~.scheduler.Scheduler`, and the answer: one JSON body, or a stream
+of server-sent events ending ``data: [DONE]``.  The bodies are the models of
+:mod:`.protocol`.  A bad request so costs no generation time and gets a proper HTTP status
+(:class:`APIError`) rather than an error in the middle of a stream.
+
+The END step is told apart by its flag (``StepRecord.end``, and ``end`` on each union
+entry), never by its text: a real piece of text that reads ``<END>`` is an output token
+like any other and counts in ``usage`` and ``logprobs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from ..engine import Ensemble, GenerationOutput, StepRecord, StreamChunk
+from ..errors import ContextLengthError, ModelNotFoundError, UniteError
+from ..prompts import Prompt, start_track
+from ..sampling import GenerationConfig
+from .protocol import (
+    ChatCompletionResponse,
+    ChatCompletionResponseChoice,
+    ChatCompletionStreamChoice,
+    ChatCompletionStreamResponse,
+    ChatLogprobs,
+    ChatLogprobToken,
+    ChatMessageOut,
+    ChatTopLogprob,
+    CompletionLogprobs,
+    CompletionResponse,
+    CompletionResponseChoice,
+    CompletionStreamResponse,
+    DeltaMessage,
+    ErrorBody,
+    ErrorDetail,
+    FinishReason,
+    ModelCard,
+    ModelList,
+    StreamUnite,
+    UniteBlock,
+    UniteChoice,
+    Usage,
+)
+from .scheduler import Job, OverloadedError, Scheduler
+from .schemas import ChatCompletionRequest, CompletionRequest, UniteOptions, _Common
+
+log = logging.getLogger("unite_llm.server")
+
+StreamResponse = CompletionStreamResponse | ChatCompletionStreamResponse
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+class APIError(Exception):
+    """An error with its HTTP status and OpenAI error fields."""
+
+    def __init__(
+        self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None, code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> ErrorBody:
+        return ErrorBody(error=ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code))
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body().model_dump(), status_code=self.status)
+
+
+def api_error(err: BaseException) -> APIError:
+    """Any exception as an :class:`APIError`: user errors keep their message, bugs do not."""
+    if isinstance(err, APIError):
+        return err
+    if isinstance(err, OverloadedError):
+        return APIError(503, str(err), type="server_error", code="server_overloaded")
+    if isinstance(err, UniteError):
+        code = {ContextLengthError: "context_length_exceeded", ModelNotFoundError: "model_not_found"}.get(type(err))
+        return APIError(err.http_status, str(err), type="invalid_request_error", code=code)
+    log.error("internal error", exc_info=err)
+    return APIError(500, "internal server error (see the server log)", type="server_error", code="internal_error")
+
+
+def model_not_found(model: str, served: str) -> APIError:
+    return APIError(
+        404, f"the model {model!r} does not exist; this server serves {served!r}", param="model", code="model_not_found"
+    )
+
+
+def unsupported(message: str, param: str) -> APIError:
+    return APIError(400, message, param=param, code="unsupported_value")
+
+
+class ClientGone(Exception):
+    """The client closed its connection while its request waited or ran."""
+
+
+# -- building responses from step records ----------------------------------------------
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def logprob(p: float) -> float:
+    return math.log(p) if p > 0 else -9999.0
+
+
+def text_steps(steps: Sequence[StepRecord]) -> list[StepRecord]:
+    """The steps that appended text: all but the END step (flagged ``end``, whatever its text reads)."""
+    return [s for s in steps if not s.end]
+
+
+def top_candidates(step: StepRecord, n: int) -> list[dict[str, Any]]:
+    """The step's ``n`` most probable union candidates, less END (so possibly fewer than ``n``)."""
+    ranked = sorted(step.union, key=lambda c: -c["prob"])[:n]
+    return [c for c in ranked if not c["end"]]
+
+
+def completion_logprobs(steps: Sequence[StepRecord], n_top: int, offset: int = 0) -> CompletionLogprobs:
+    """OpenAI's legacy completions ``logprobs`` object: the ensemble probability of each piece."""
+    tokens: list[str] = []
+    lps: list[float] = []
+    tops: list[dict[str, float]] = []
+    offsets: list[int] = []
+    for s in text_steps(steps):
+        tokens.append(s.chosen)
+        lps.append(logprob(s.prob))
+        tops.append({c["text"]: logprob(c["prob"]) for c in top_candidates(s, n_top)})
+        offsets.append(offset)
+        offset += len(s.chosen)
+    return CompletionLogprobs(tokens=tokens, token_logprobs=lps, top_logprobs=tops if n_top else None, text_offset=offsets)
+
+
+def chat_logprobs(steps: Sequence[StepRecord], n_top: int) -> ChatLogprobs:
+    """OpenAI's chat ``logprobs`` object (its ``content`` list)."""
+
+    def entry(text: str, p: float) -> ChatTopLogprob:
+        return ChatTopLogprob(token=text, logprob=logprob(p), bytes=list(text.encode("utf-8")))
+
+    content: list[ChatLogprobToken] = []
+    for s in text_steps(steps):
+        chosen = entry(s.chosen, s.prob)
+        top = [entry(c["text"], c["prob"]) for c in top_candidates(s, n_top)]
+        content.append(ChatLogprobToken(token=chosen.token, logprob=chosen.logprob, bytes=chosen.bytes, top_logprobs=top))
+    return ChatLogprobs(content=content)
+
+
+def step_json(step: StepRecord, opts: UniteOptions) -> dict[str, Any]:
+    """A step record for the ``unite`` extra: ``end`` always, the union only when asked for."""
+    return step.to_dict(full=opts.union)
+
+
+def usage_of(outputs: Sequence[GenerationOutput]) -> Usage:
+    prompt = sum(max(o.prompt_tokens.values(), default=0) for o in outputs)
+    completion = sum(len(text_steps(o.steps)) for o in outputs)
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def sse(data: BaseModel | str) -> str:
+    """One server-sent event."""
+    return f"data: {data if isinstance(data, str) else json.dumps(data.model_dump(), ensure_ascii=False)}\n\n"
+
+
+# -- waiting for the worker ------------------------------------------------------------
+
+
+async def next_event(job: Job, request: Request | None, getter: list[asyncio.Task[Any]]) -> tuple[str, Any]:
+    """The job's next event; with ``request``, checks every 0.25 s that the client is still there.
+
+    ``getter`` holds the pending ``events.get()`` between calls (the caller cancels it when done)."""
+    if not getter:
+        getter.append(asyncio.ensure_future(job.events.get()))
+    while True:
+        done, _ = await asyncio.wait(getter, timeout=0.25 if request is not None else None)
+        if done:
+            event: tuple[str, Any] = getter.pop().result()
+            return event
+        if request is not None and await request.is_disconnected():
+            raise ClientGone
+
+
+async def collect(job: Job, request: Request) -> GenerationOutput:
+    """The job's final output (raises the worker's error; :class:`ClientGone` if the client left)."""
+    getter: list[asyncio.Task[Any]] = []
+    final: GenerationOutput | None = None
+    try:
+        while True:
+            kind, payload = await next_event(job, request, getter)
+            if kind == "error":
+                raise payload
+            if kind == "chunk" and payload.output is not None:
+                final = payload.output
+            elif kind == "done":
+                assert final is not None, "the worker finished a job without its final chunk"
+                return final
+    finally:
+        for t in getter:
+            t.cancel()
+
+
+async def collect_all(jobs: list[Job], request: Request) -> list[GenerationOutput] | None:
+    """Every job's output in order; None if the client went away (every job is then cancelled)."""
+    try:
+        return [await collect(j, request) for j in jobs]
+    except ClientGone:
+        return None
+    finally:
+        for j in jobs:
+            j.cancel()  # no-op for finished jobs; frees the worker if we stopped early
+
+
+# -- the serving class -----------------------------------------------------------------
+
+
+class OpenAIServing:
+    """The endpoints' work for one ensemble served under ``model_name``.
+
+    ``default_max_tokens`` applies when a request leaves ``max_tokens`` unset (chat) or null.
+    """
+
+    def __init__(self, ensemble: Ensemble, scheduler: Scheduler, *, model_name: str, default_max_tokens: int) -> None:
+        self.ensemble = ensemble
+        self.scheduler = scheduler
+        self.model_name = model_name
+        self.default_max_tokens = default_max_tokens
+        self.created = int(time.time())
+
+    # -- models and health ---------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": self.model_name,
+            "members": [{"name": m.name, "n_ctx": m.n_ctx} for m in self.ensemble.members],
+            "scheduler": self.scheduler.snapshot(),
+        }
+
+    def models(self) -> ModelList:
+        return ModelList(data=[self.model(self.model_name)])
+
+    def model(self, model_id: str) -> ModelCard:
+        if model_id != self.model_name:
+            raise model_not_found(model_id, self.model_name)
+        return ModelCard(id=self.model_name, created=self.created, members=self.ensemble.names)
+
+    # -- checks before queueing ----------------------------------------------------------
+
+    def check_common(self, req: _Common) -> None:
+        if req.model != self.model_name:
+            raise model_not_found(req.model, self.model_name)
+        if req.n != 1:
+            raise unsupported(f"n={req.n} is not supported: an ensemble returns one choice per prompt (n=1)", "n")
+        for field in ("presence_penalty", "frequency_penalty"):
+            if getattr(req, field):
+                raise unsupported(f"{field} is not supported (use 0)", field)
+        if req.logit_bias:
+            raise unsupported("logit_bias is not supported: members have different vocabularies", "logit_bias")
+        if req.stream_options is not None and not req.stream:
+            raise APIError(400, "stream_options needs stream=true", param="stream_options")
+
+    def check_completion(self, req: CompletionRequest) -> list[str]:
+        """The request's prompts, after :meth:`check_common` and the completion-only checks."""
+        self.check_common(req)
+        if req.echo:
+            raise unsupported("echo is not supported", "echo")
+        if req.suffix:
+            raise unsupported("suffix is not supported", "suffix")
+        if req.best_of not in (None, 1):
+            raise unsupported("best_of > 1 is not supported", "best_of")
+        prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
+        if not prompts:
+            raise APIError(400, "prompt must not be an empty list", param="prompt")
+        texts = [p for p in prompts if isinstance(p, str)]
+        if len(texts) != len(prompts):
+            raise unsupported("token-id prompts are not supported: the members have different tokenizers; send text", "prompt")
+        if req.stream and len(texts) > 1:
+            raise APIError(400, "stream=true takes one prompt, not a list", param="prompt")
+        return texts
+
+    def check_chat(self, req: ChatCompletionRequest) -> None:
+        self.check_common(req)
+        if req.top_logprobs is not None and not req.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
+
+    def gen_config(self, req: _Common, max_tokens: int | None) -> GenerationConfig:
+        try:
+            return GenerationConfig(
+                max_new_tokens=self.default_max_tokens if max_tokens is None else max_tokens,
+                temperature=req.temperature,
+                top_p=req.top_p,
+                seed=req.seed,
+                stop=req.stop_list(),
+                ignore_eos=req.ignore_eos,
+            )
+        except UniteError as err:
+            raise APIError(400, str(err), param="stop" if "stop" in str(err) else None) from None
+
+    def prompt_tokens(self, prompt: Prompt, chat: bool, max_tokens: int | None, param: str) -> dict[str, int]:
+        """Each member's prompt length; raises if the prompt (+ an explicit max_tokens) does not fit."""
+        counts: dict[str, int] = {}
+        for m in self.ensemble.members:
+            try:
+                n = len(start_track(m, prompt, chat=chat).tokens)
+            except ContextLengthError as err:
+                raise APIError(400, str(err), param=param, code="context_length_exceeded") from None
+            except UniteError as err:
+                raise APIError(err.http_status, str(err), param=param) from None
+            if max_tokens is not None and n + max_tokens > m.n_ctx:
+                raise APIError(
+                    400,
+                    f"{m.name}'s maximum context length is {m.n_ctx} tokens, but you requested {n + max_tokens} tokens "
+                    f"({n} in the prompt, {max_tokens} for the completion); shorten the prompt or lower max_tokens",
+                    param="max_tokens",
+                    code="context_length_exceeded",
+                )
+            counts[m.name] = n
+        return counts
+
+    def submit(self, prompts: Sequence[Prompt], config: GenerationConfig, chat: bool) -> list[Job]:
+        """One job per prompt, all or none (a full queue cancels those already queued)."""
+        jobs: list[Job] = []
+        try:
+            for p in prompts:
+                jobs.append(self.scheduler.submit(p, config, chat=chat))
+        except OverloadedError:
+            for j in jobs:
+                j.cancel()
+            raise
+        return jobs
+
+    # -- the endpoints -------------------------------------------------------------------
+
+    async def create_completion(self, req: CompletionRequest, request: Request) -> Response:
+        """``POST /v1/completions``: a :class:`CompletionResponse`, or a stream of :class:`CompletionStreamResponse`."""
+        prompts = self.check_completion(req)
+        config = self.gen_config(req, req.max_tokens)
+        for p in prompts:
+            await run_in_threadpool(self.prompt_tokens, p, False, req.max_tokens, "prompt")
+        jobs = self.submit(prompts, config, chat=False)
+        if req.stream:
+            return self.streaming(jobs[0], req, chat=False, n_logprobs=req.logprobs)
+        outputs = await collect_all(jobs, request)
+        if outputs is None:
+            return Response(status_code=499)
+        return JSONResponse(self.completion_response(outputs, req).model_dump())
+
+    async def create_chat_completion(self, req: ChatCompletionRequest, request: Request) -> Response:
+        """``POST /v1/chat/completions``: a :class:`ChatCompletionResponse`, or a stream of chunks."""
+        self.check_chat(req)
+        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+        config = self.gen_config(req, max_tokens)
+        await run_in_threadpool(self.prompt_tokens, messages, True, max_tokens, "messages")
+        (job,) = self.submit([messages], config, chat=True)
+        n_logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        if req.stream:
+            return self.streaming(job, req, chat=True, n_logprobs=n_logprobs)
+        outputs = await collect_all([job], request)
+        if outputs is None:
+            return Response(status_code=499)
+        return JSONResponse(self.chat_response(outputs[0], req, n_logprobs).model_dump())
+
+    # -- plain bodies --------------------------------------------------------------------
+
+    def unite_block(self, outputs: Sequence[GenerationOutput], opts: UniteOptions) -> UniteBlock | None:
+        """The ``unite`` extra of a plain response; None unless the request asked for it."""
+        if not opts.wanted:
+            return None
+        return UniteBlock(
+            members=self.ensemble.names,
+            weights=[float(w) for w in self.ensemble.weights],
+            choices=[
+                UniteChoice(
+                    index=i, prompt_tokens=o.prompt_tokens, steps=[step_json(s, opts) for s in o.steps], timing=asdict(o.timing)
+                )
+                for i, o in enumerate(outputs)
+            ],
+        )
+
+    def completion_response(self, outputs: Sequence[GenerationOutput], req: CompletionRequest) -> CompletionResponse:
+        n_top = req.logprobs
+        return CompletionResponse(
+            id=new_id("cmpl"),
+            created=int(time.time()),
+            model=self.model_name,
+            choices=[
+                CompletionResponseChoice(
+                    index=i,
+                    text=o.text,
+                    logprobs=completion_logprobs(o.steps, n_top) if n_top is not None else None,
+                    finish_reason=FinishReason(o.finish_reason),
+                )
+                for i, o in enumerate(outputs)
+            ],
+            usage=usage_of(outputs),
+            unite=self.unite_block(outputs, req.unite or UniteOptions()),
+        )
+
+    def chat_response(
+        self, output: GenerationOutput, req: ChatCompletionRequest, n_logprobs: int | None
+    ) -> ChatCompletionResponse:
+        return ChatCompletionResponse(
+            id=new_id("chatcmpl"),
+            created=int(time.time()),
+            model=self.model_name,
+            choices=[
+                ChatCompletionResponseChoice(
+                    index=0,
+                    message=ChatMessageOut(content=output.text),
+                    logprobs=chat_logprobs(output.steps, n_logprobs or 0) if n_logprobs is not None else None,
+                    finish_reason=FinishReason(output.finish_reason),
+                )
+            ],
+            usage=usage_of([output]),
+            unite=self.unite_block([output], req.unite or UniteOptions()),
+        )
+
+    # -- streams -------------------------------------------------------------------------
+
+    def streaming(self, job: Job, req: _Common, *, chat: bool, n_logprobs: int | None) -> StreamingResponse:
+        return StreamingResponse(
+            self.event_stream(job, req, chat=chat, n_logprobs=n_logprobs),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    def stream_chunk(
+        self,
+        rid: str,
+        created: int,
+        *,
+        chat: bool,
+        text: str,
+        finish: FinishReason | None,
+        steps: Sequence[StepRecord],
+        offset: int,
+        n_logprobs: int | None,
+        unite: StreamUnite | None,
+    ) -> StreamResponse:
+        """One chunk: ``text`` with the logprobs of ``steps`` (those behind it since the last chunk)."""
+        if chat:
+            return ChatCompletionStreamResponse(
+                id=rid,
+                created=created,
+                model=self.model_name,
+                choices=[
+                    ChatCompletionStreamChoice(
+                        index=0,
+                        delta=DeltaMessage(content=text if text or finish is None else None),
+                        logprobs=chat_logprobs(steps, n_logprobs or 0) if n_logprobs is not None else None,
+                        finish_reason=finish,
+                    )
+                ],
+                unite=unite,
+            )
+        return CompletionStreamResponse(
+            id=rid,
+            created=created,
+            model=self.model_name,
+            choices=[
+                CompletionResponseChoice(
+                    index=0,
+                    text=text,
+                    logprobs=completion_logprobs(steps, n_logprobs or 0, offset) if n_logprobs is not None else None,
+                    finish_reason=finish,
+                )
+            ],
+            unite=unite,
+        )
+
+    async def event_stream(self, job: Job, req: _Common, *, chat: bool, n_logprobs: int | None) -> AsyncIterator[str]:
+        """Server-sent events for one job; closing it (client gone) cancels the job.
+
+        Each chunk carries the text made safe to show by the steps since the previous chunk
+        (a step may add none: a partial UTF-8 character, the END step); the last one has the
+        finish reason, then the usage chunk if asked for, then ``[DONE]``.  A worker error
+        becomes an error event in OpenAI's schema, followed by ``[DONE]``."""
+        rid = new_id("chatcmpl" if chat else "cmpl")
+        created = int(time.time())
+        opts = req.unite or UniteOptions()
+        pending: list[StepRecord] = []
+        sent_index = -1
+        offset = 0
+        getter: list[asyncio.Task[Any]] = []
+
+        def chunk(text: str, out: GenerationOutput | None = None) -> StreamResponse:
+            nonlocal offset
+            unite = None
+            if opts.wanted:
+                steps = [step_json(s, opts) for s in pending]
+                if out is None:
+                    unite = StreamUnite(steps=steps)
+                else:  # the last chunk: also what a plain response's unite block has
+                    unite = StreamUnite(
+                        steps=steps, members=self.ensemble.names, prompt_tokens=out.prompt_tokens, timing=asdict(out.timing)
+                    )
+            body = self.stream_chunk(
+                rid,
+                created,
+                chat=chat,
+                text=text,
+                finish=FinishReason(out.finish_reason) if out is not None else None,
+                steps=pending,
+                offset=offset,
+                n_logprobs=n_logprobs,
+                unite=unite,
+            )
+            offset += len(text)
+            pending.clear()
+            return body
+
+        try:
+            if chat:
+                role = ChatCompletionStreamChoice(index=0, delta=DeltaMessage(role="assistant", content=""))
+                yield sse(ChatCompletionStreamResponse(id=rid, created=created, model=self.model_name, choices=[role]))
+            while True:
+                kind, payload = await next_event(job, None, getter)
+                if kind == "error":
+                    yield sse(api_error(payload).body())
+                    break
+                if kind == "done":
+                    break
+                piece: StreamChunk = payload
+                if piece.output is None:
+                    assert piece.step is not None
+                    pending.append(piece.step)
+                    sent_index = piece.step.index
+                    if piece.text:
+                        yield sse(chunk(piece.text))
+                    continue
+                out = piece.output
+                pending.extend(s for s in out.steps if s.index > sent_index)
+                yield sse(chunk(piece.text, out))
+                if req.stream_options is not None and req.stream_options.include_usage:
+                    cls: type[StreamResponse] = ChatCompletionStreamResponse if chat else CompletionStreamResponse
+                    yield sse(cls(id=rid, created=created, model=self.model_name, choices=[], usage=usage_of([out])))
+            yield sse("[DONE]")
+        finally:
+            job.cancel()  # no-op once finished; frees the worker when the client went away
+            for t in getter:
+                t.cancel()
