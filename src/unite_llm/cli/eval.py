@@ -124,8 +124,8 @@ def eval_cmd(
             command=command_line(),
         )
     finally:
-        for m in members:
-            m.close()
+        for member in members:
+            member.close()
     for name, entry in summary["tasks"].items():
         for label, row in entry["systems"].items():
             lo, hi = row["ci95"]

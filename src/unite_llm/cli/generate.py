@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -134,7 +134,7 @@ def models(
     from ..errors import ModelNotFoundError
     from ..models import CATALOGUE, DEFAULT_ENSEMBLE
 
-    rows = []
+    rows: list[dict[str, Any]] = []  # JSON objects (--json) and table rows
     for info in CATALOGUE.values():
         try:
             path = info.resolve()

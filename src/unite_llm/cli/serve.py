@@ -47,6 +47,7 @@ def serve(
         import uvicorn
 
         from ..server import create_app
+        from ..server.app import DEFAULT_MAX_REQUEST_BYTES
     except ImportError as err:
         raise InvalidConfigError(f"unite serve needs the serve extra: pip install 'unite-llm[serve]' ({err})") from None
     if not 0 < port < 65536:
@@ -74,7 +75,7 @@ def serve(
         max_queue=max_queue,
         default_max_tokens=default_max_tokens,
         close_ensemble=True,
-        **({"max_request_bytes": max_request_bytes} if max_request_bytes is not None else {}),
+        max_request_bytes=DEFAULT_MAX_REQUEST_BYTES if max_request_bytes is None else max_request_bytes,
     )
     typer.echo(f"serving {api.state.model_name} on http://{host}:{port}  (playground: http://{host}:{port}/)", err=True)
     uvicorn.run(api, host=host, port=port, log_level="info" if verbose else "warning")

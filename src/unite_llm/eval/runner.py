@@ -185,6 +185,7 @@ def read_results(path: Path, *, repair: bool = True, drop_damaged: bool = False)
     for n, line in enumerate(data.splitlines(), 1):
         if not line.strip():
             continue
+        problem: str | None
         try:
             rec = json.loads(line)
         except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8

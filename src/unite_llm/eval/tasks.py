@@ -244,7 +244,7 @@ def load_records(sources: list[DataSource], base_dirs: list[Path], what: str) ->
             records, where = _read_records(p), str(p)
         elif src.hf:
             try:
-                import datasets  # type: ignore[import-not-found]
+                import datasets
             except ImportError:
                 tried.append(f"hf:{src.hf.get('path')} (the optional `datasets` package is not installed)")
                 continue

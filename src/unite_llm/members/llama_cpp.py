@@ -24,6 +24,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +32,9 @@ from ..errors import ContextLengthError, InvalidConfigError, ModelFileError
 from ..models import resolve_gguf
 from ..vocab import ByteVocab
 from .base import common_prefix
+
+if TYPE_CHECKING:
+    import llama_cpp
 
 DEFAULT_N_CTX = 4096
 _SCORE_CHUNK = 32  # positions scored per llama.cpp batch (bounds the logits buffer)
@@ -68,18 +72,18 @@ def _piece(vocab_ptr: object, tid: int, buf: ctypes.Array) -> bytes:
     return buf.raw[:n]
 
 
-def byte_vocab(llm: object) -> ByteVocab:
+def byte_vocab(llm: llama_cpp.Llama) -> ByteVocab:
     """The :class:`ByteVocab` of a loaded ``llama_cpp.Llama`` (also a ``vocab_only`` one,
     which is how a remote member gets its tokenizer from a local GGUF file)."""
     import llama_cpp
 
-    vocab_ptr = llama_cpp.llama_model_get_vocab(llm.model)  # type: ignore[attr-defined]
-    n_vocab = llm.n_vocab()  # type: ignore[attr-defined]
+    vocab_ptr = llama_cpp.llama_model_get_vocab(llm.model)
+    n_vocab = llm.n_vocab()
     buf = ctypes.create_string_buffer(256)
     pieces = [_piece(vocab_ptr, tid, buf) for tid in range(n_vocab)]
     # End-of-generation tokens are control tokens (no bytes); checking those is enough.
     eog = {t for t, p in enumerate(pieces) if not p and llama_cpp.llama_vocab_is_eog(vocab_ptr, t)}
-    eog |= {t for t in (llm.token_eos(),) if 0 <= t < n_vocab}  # type: ignore[attr-defined]
+    eog |= {t for t in (llm.token_eos(),) if 0 <= t < n_vocab}
     return ByteVocab(pieces, frozenset(eog))
 
 
@@ -95,7 +99,7 @@ def check_options(n_ctx: int | None = None, n_threads: int | None = None) -> Non
         raise InvalidConfigError(f"n_threads must be an integer >= 1 (0 or unset: all cores), got {n_threads!r}")
 
 
-def open_llama(path: Path, **params: object) -> object:
+def open_llama(path: Path, **params: Any) -> llama_cpp.Llama:
     """``llama_cpp.Llama(model_path=path, ...)``, with a damaged file named in a :class:`ModelFileError`.
 
     llama.cpp answers a text file, an empty file and a truncated GGUF alike with a bare

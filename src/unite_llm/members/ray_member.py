@@ -32,7 +32,7 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -149,7 +149,8 @@ class MemberActor:
 
             start_sequence(self.member)
         self.context = self.context[:keep] + suffix
-        self.logits = self.member.next_logits(self.context)
+        # The actor holds an in-process member: its scores are a full array (asarray copies nothing).
+        self.logits = np.asarray(self.member.next_logits(self.context))
         ids, values = self.top_k(k, ignore_eos)
         return ids, values, self.logits[self.eog].astype(np.float32), self.member.n_evaluated
 
@@ -223,7 +224,12 @@ class RayMember:
         import ray
 
         inner, query = parse_spec(spec)
-        placement = {"num_cpus": num_cpus, "num_gpus": num_gpus, "node": node, "placement_timeout_s": placement_timeout_s}
+        placement: dict[str, Any] = {
+            "num_cpus": num_cpus,
+            "num_gpus": num_gpus,
+            "node": node,
+            "placement_timeout_s": placement_timeout_s,
+        }
         placement |= {key: query.pop(key) for key in list(query) if key in placement}
         resources = dict(resources or {}) | {key[10:]: query.pop(key) for key in list(query) if key.startswith("resources.")}
         options = {**options, **query}
@@ -236,7 +242,9 @@ class RayMember:
             resources=resources or None,
             scheduling_strategy=_strategy(placement["node"]),
         )
-        self.actor = actor_cls.remote(inner, {**options, "name": name})
+        # Any: Ray types a handle's methods as the class's plain methods (no ``.remote``) unless each
+        # is decorated with ``@ray.method``, which would import Ray with this module.
+        self.actor: Any = cast(Any, actor_cls.remote(inner, {**options, "name": name}))
         try:
             info = ray.get(self.actor.info.remote(), timeout=float(placement["placement_timeout_s"]))
         except ray.exceptions.GetTimeoutError:

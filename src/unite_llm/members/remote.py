@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import numpy as np
+import numpy.typing as npt
 
 from ..methods.base import END, candidate_text
 from ..vocab import ByteVocab
@@ -101,7 +102,7 @@ class RemoteLogits:
     def __len__(self) -> int:
         return len(self.vocab)
 
-    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+    def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         self._check()
         if self.fetch_full is None:
             raise TypeError("this remote member cannot send its full logits")

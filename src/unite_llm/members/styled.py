@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidConfigError
+from ..scores import Scores
 from .base import start_sequence
 
 SUPPRESSED_LOGIT = -1e4
@@ -86,7 +87,8 @@ class StyledMember:
     def tokenize(self, text: bytes, *, add_bos: bool = False, special: bool = False) -> list[int]:
         return self.inner.tokenize(text, add_bos=add_bos, special=special)
 
-    def next_logits(self, context: Sequence[int]) -> np.ndarray:
+    def next_logits(self, context: Sequence[int]) -> np.ndarray | Scores:
+        # Unstyled, the inner member's result passes through as it is (a remote inner's Scores too).
         ctx = list(context)
         if self._prefix:
             lead = 1 if ctx and not self.vocab.pieces[ctx[0]] else 0  # keep BOS first

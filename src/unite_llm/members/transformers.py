@@ -25,7 +25,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -188,7 +188,12 @@ class TransformersMember:
         torch_dtype = _torch_dtype(dtype) or (torch.bfloat16 if on_gpu else torch.float32)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-            self.model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, device_map=device_map, **kwargs)
+            # Any: transformers types the result as a generate-mixin base whose ``.to`` is a
+            # functools.wraps wrapper mypy cannot bind, module attributes (the embedding's
+            # ``weight``) read as ``Tensor | Module``, and close() drops the model (None).
+            self.model: Any = cast(
+                Any, AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, device_map=device_map, **kwargs)
+            )
         except OSError as err:  # transformers' "not found / not a valid repo" family
             raise ModelNotFoundError(f"cannot load {spec!r} with transformers: {err}") from None
         if device is not None:
