@@ -12,7 +12,7 @@ the member evaluates only what differs from the context it already holds.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -120,7 +120,7 @@ def supports_batch(member: Member) -> bool:
 def forward_rows(member: Member, contexts: Sequence[Sequence[int]], rows: Sequence[int]) -> Any:
     """``[B, vocab]`` scores for one member over many rows (one pass where it can)."""
     if supports_batch(member):
-        return member.next_logits_batch(contexts, rows)  # type: ignore[attr-defined]
+        return cast(BatchMember, member).next_logits_batch(contexts, rows)
     # next_logits may return a view into the backend's buffer: copy each row.
     return np.stack([np.array(member.next_logits(ctx), dtype=np.float32) for ctx in contexts])
 

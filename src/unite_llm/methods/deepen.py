@@ -287,7 +287,7 @@ class DeePEn(StepMethod):
         for m, p in zip(members, probs):
             row, rule = [], []
             for c in cands:
-                ids_c = sorted(m.vocab.eog_ids) if c is END else m.vocab.ids_of(c)  # type: ignore[arg-type]
+                ids_c = m.vocab.ids_of(c) if isinstance(c, bytes) else sorted(m.vocab.eog_ids)
                 row.append(float(p[list(ids_c)].sum()) if ids_c else 0.0)
                 rule.append(("end" if c is END else "vocab") if ids_c else "none")
             member_rows.append(row)
