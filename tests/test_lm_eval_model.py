@@ -274,11 +274,23 @@ def test_model_args_are_checked_before_loading() -> None:
         UniteLM(members="smollm2-135m-instruct", batch_size="many")
 
 
+def test_model_args_from_a_config_file(tmp_path) -> None:
+    """``config=FILE`` (as ``unite select --write`` writes it); the arguments given override it."""
+    path = tmp_path / "picked.yaml"
+    path.write_text("members: [smollm2-135m-instruct]\nk: 3\nweights: [1.0]\n", encoding="utf-8")
+    lm = UniteLM(config=str(path), n_ctx=256, n_threads=1)
+    assert (lm.ensemble.names, lm.ensemble.method.k, lm.ensemble.members[0].n_ctx) == (["smollm2-135m-instruct"], 3, 256)
+    lm.close()
+    lm = UniteLM.create_from_arg_string(f"config={path},k=5,n_ctx=256,n_threads=1,max_gen_toks=7", {"batch_size": "4"})
+    assert (lm.ensemble.method.k, lm.max_gen_toks, lm.batch_size) == (5, 7, 4)
+    lm.close()
+
+
 def _evaluate(model: UniteLM | str, task: str, limit: int, **kwargs):
     return simple_evaluate(
         model=model,
         tasks=[task],
-        task_manager=TaskManager(include_path=str(TASKS)),
+        task_manager=TaskManager(include_path=str(TASKS), include_defaults=False),  # indexing lm-eval's own tasks takes ~20 s
         limit=limit,
         log_samples=True,
         bootstrap_iters=0,
