@@ -9,6 +9,7 @@ runs the local tasks of ``tests/data/lm_eval`` (no network) through the model.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -342,9 +343,11 @@ def test_lm_eval_command_line(tmp_path) -> None:
     """``python -m unite_llm.lm_eval_model`` is lm-eval's own command line with ``unite`` registered."""
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=str(tmp_path / "hf"))
     cmd = [sys.executable, "-m", "unite_llm.lm_eval_model", "run", "--model", "unite"]
-    cmd += ["--model_args", "members=smollm2-135m-instruct,n_ctx=512,n_threads=1,greedy_check=False"]
+    cmd += ["--model_args", "members=smollm2-135m-instruct+gemma3-270m,weights=0.6+0.4,n_ctx=512,n_threads=1,greedy_check=False"]
     cmd += ["--tasks", "unite_mc", "--include_path", str(TASKS), "--limit", "1", "--output_path", str(tmp_path / "out")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "unite_mc" in proc.stdout and "acc" in proc.stdout
-    assert list((tmp_path / "out").rglob("results_*.json"))
+    (saved,) = (tmp_path / "out").rglob("results_*.json")
+    config = json.loads(saved.read_text(encoding="utf-8"))["config"]
+    assert config["model"] == "unite" and config["model_args"]["weights"] == "0.6+0.4"

@@ -180,7 +180,9 @@ class UniteLM(LM):
         for i, req in enumerate(requests):
             by_context.setdefault(req.args[0], []).append(i)
         bar = tqdm(total=len(requests), disable=disable_tqdm, desc="unite loglikelihood")
-        for context, rows in by_context.items():  # a question's choices together: its context is scored once
+        # A question's choices together: members reuse the log-probabilities of the shared context,
+        # and one greedy decode answers is_greedy for all of them.
+        for context, rows in by_context.items():
             lls = [ensemble_loglik(self.ensemble, context, requests[i].args[1], pool=self._pool)[0] for i in rows]
             conts = [requests[i].args[1] for i in rows]
             greedy = greedy_prefixes(self.ensemble, context, conts) if self.greedy_check else [False] * len(rows)
