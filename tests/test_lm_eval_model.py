@@ -27,8 +27,9 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from unite_llm.engine import Ensemble
 from unite_llm.errors import InvalidConfigError
-from unite_llm.lm_eval_model import UniteLM
+from unite_llm.lm_eval_model import CHAT_MARK, UniteLM, as_context
 from unite_llm.loglik import (
+    Chat,
     ensemble_loglik,
     ensemble_rolling_loglik,
     greedy_prefixes,
@@ -351,3 +352,33 @@ def test_lm_eval_command_line(tmp_path) -> None:
     (saved,) = (tmp_path / "out").rglob("results_*.json")
     config = json.loads(saved.read_text(encoding="utf-8"))["config"]
     assert config["model"] == "unite" and config["model_args"]["weights"] == "0.6+0.4"
+
+
+def test_chat_contexts_use_each_member_s_own_template(smol, gemma) -> None:
+    solo = Ensemble([smol])
+    lm = UniteLM(ensemble=solo)
+    user = {"role": "user", "content": "What is the capital of France?"}
+    marked = lm.apply_chat_template([user])
+    assert marked.startswith(CHAT_MARK) and as_context(marked) == Chat((user,), True)
+    assert as_context("plain text") == "plain text"
+    assert "<|im_start|>assistant" in Chat((user,)).render(smol)
+    prefilled = Chat((user, {"role": "assistant", "content": "The answer is"}), add_generation_prompt=False)
+    assert prefilled.render(smol).endswith("<|im_start|>assistant\nThe answer is")
+    assert greedy_prefixes(solo, prefilled, [" Paris"]) == [False]  # no new turn to decode from
+    with pytest.raises(InvalidConfigError, match="no chat template"):
+        member_loglik(gemma, Chat((user,)), " Paris")  # a base model is refused, as in unite generate --chat
+    assert lm.tokenizer_name == "unite:smollm2-135m-instruct" and "im_start" in lm.chat_template(True)
+
+    results = _evaluate(lm, "unite_gen", 1, apply_chat_template=True)
+    ((context, gen),) = results["samples"]["unite_gen"][0]["arguments"]
+    chat = as_context(context)
+    assert isinstance(chat, Chat) and chat.messages[-1]["role"] == "user" and gen["max_gen_toks"] == 8
+    want = solo.generate(list(chat.messages), chat=True, max_new_tokens=8, stop=["\n", "."]).text
+    assert results["samples"]["unite_gen"][0]["resps"][0][0] == want
+
+    results = _evaluate(lm, "unite_mc", 1, apply_chat_template=True)
+    sample = results["samples"]["unite_mc"][0]
+    for (context, continuation), resp in zip(sample["arguments"], sample["resps"]):
+        own = ensemble_loglik(solo, as_context(context), continuation)[0]
+        assert float(resp[0][0]) == pytest.approx(own, abs=1e-9)
+        assert own == pytest.approx(member_loglik(smol, as_context(context).render(smol), continuation).logprob, abs=1e-9)

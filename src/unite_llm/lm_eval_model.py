@@ -23,6 +23,9 @@ The three request types of lm-eval's ``LM``:
 * ``loglikelihood_rolling``: the mixture of the members' whole-text probabilities, each
   computed over rolling windows of its context as lm-eval does.
 
+With ``--apply_chat_template`` the contexts are chats: :meth:`UniteLM.apply_chat_template`
+returns the messages (marked JSON) and every member renders them with its own template.
+
 Model arguments (``--model_args key=value,...``): ``members`` (specs joined by ``+``;
 default the project's default pair), ``k``, ``method``, ``weights`` (joined by ``+``),
 ``primary``, ``n_ctx``, ``n_threads``, ``parallel``, ``prefix_cache``, ``config`` (an
@@ -56,7 +59,7 @@ from tqdm import tqdm
 
 from .engine import Ensemble
 from .errors import InvalidConfigError
-from .loglik import ensemble_loglik, ensemble_rolling_loglik, greedy_prefixes
+from .loglik import Chat, Context, ensemble_loglik, ensemble_rolling_loglik, greedy_prefixes
 from .models import DEFAULT_ENSEMBLE
 from .sampling import GenerationConfig
 
@@ -66,6 +69,17 @@ DEFAULT_MAX_GEN_TOKS = 256
 _AUTO_BATCH = 16
 # Generation settings of lm-eval tasks that the ensemble reads; others are ignored with a warning.
 _KNOWN_GEN_KWARGS = {"until", "max_gen_toks", "max_new_tokens", "do_sample", "temperature", "top_p", "seed"}
+CHAT_MARK = "<unite-chat>"
+"""Starts the context strings :meth:`UniteLM.apply_chat_template` returns (the messages as JSON):
+every member renders them with its own chat template, so no single rendered string exists."""
+
+
+def as_context(context: str) -> Context:
+    """An lm-eval context string: raw text, or a chat from :meth:`UniteLM.apply_chat_template`."""
+    if not context.startswith(CHAT_MARK):
+        return context
+    data = json.loads(context[len(CHAT_MARK) :])
+    return Chat(tuple(data["messages"]), bool(data["add_generation_prompt"]))
 
 
 def _split(value: Any, what: str) -> list[str]:
@@ -182,7 +196,8 @@ class UniteLM(LM):
         bar = tqdm(total=len(requests), disable=disable_tqdm, desc="unite loglikelihood")
         # A question's choices together: members reuse the log-probabilities of the shared context,
         # and one greedy decode answers is_greedy for all of them.
-        for context, rows in by_context.items():
+        for text, rows in by_context.items():
+            context = as_context(text)
             lls = [ensemble_loglik(self.ensemble, context, requests[i].args[1], pool=self._pool)[0] for i in rows]
             conts = [requests[i].args[1] for i in rows]
             greedy = greedy_prefixes(self.ensemble, context, conts) if self.greedy_check else [False] * len(rows)
@@ -204,26 +219,49 @@ class UniteLM(LM):
 
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
         results: list[str | None] = [None] * len(requests)
-        groups: dict[str, tuple[GenerationConfig, list[int]]] = {}
+        groups: dict[str, tuple[tuple[GenerationConfig, bool], list[int]]] = {}
         for i, req in enumerate(requests):
-            _, gen_kwargs = req.args
+            context, gen_kwargs = req.args
             config = self.generation_config(gen_kwargs)
-            key = json.dumps(
-                [config.max_new_tokens, config.temperature, config.top_p, config.seed, list(config.stop)], sort_keys=True
-            )
-            groups.setdefault(key, (config, []))[1].append(i)
+            chat = context.startswith(CHAT_MARK)
+            key = json.dumps([config.max_new_tokens, config.temperature, config.top_p, config.seed, list(config.stop), chat])
+            groups.setdefault(key, ((config, chat), []))[1].append(i)
         bar = tqdm(total=len(requests), disable=disable_tqdm, desc="unite generate_until")
-        for config, rows in groups.values():
+        for (config, chat), rows in groups.values():
             for at in range(0, len(rows), self.batch_size):
                 chunk = rows[at : at + self.batch_size]
-                contexts = [self.fit_context(requests[i].args[0], config.max_new_tokens) for i in chunk]
-                outputs = self.ensemble.generate(contexts, config)
+                prompts: list[Any] = [self._prompt(requests[i].args[0], config.max_new_tokens) for i in chunk]
+                outputs = self.ensemble.generate(prompts, config, chat=chat)
                 for i, out in zip(chunk, outputs):
                     results[i] = out.text
                     self.cache_hook.add_partial("generate_until", requests[i].args, out.text)
                 bar.update(len(chunk))
         bar.close()
         return [r if r is not None else "" for r in results]
+
+    def _prompt(self, context: str, max_new_tokens: int) -> Any:
+        """What ``Ensemble.generate`` takes for an lm-eval context: text cut to fit, or a chat's messages."""
+        parsed = as_context(context)
+        if not isinstance(parsed, Chat):
+            return self.fit_context(parsed, max_new_tokens)
+        if not parsed.add_generation_prompt:
+            raise InvalidConfigError("unite: a chat that continues its last message (a task's gen_prefix) cannot be generated")
+        return list(parsed.messages)
+
+    # -- chat templates (--apply_chat_template) -------------------------------------------
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """The messages themselves, marked (:data:`CHAT_MARK`): each member renders them with its own template."""
+        payload = {"messages": chat_history, "add_generation_prompt": add_generation_prompt}
+        return CHAT_MARK + json.dumps(payload, ensure_ascii=False)
+
+    @property
+    def tokenizer_name(self) -> str:
+        return "unite:" + "+".join(self.ensemble.names)
+
+    def chat_template(self, chat_template: bool | str = False) -> str:
+        """Every member's own template (lm-eval records it and keys its request cache on it)."""
+        return json.dumps({m.name: m.chat_template for m in self.ensemble.members}, ensure_ascii=False)
 
     def fit_context(self, context: str, max_new_tokens: int) -> str:
         """``context`` without as many leading characters as it takes for every member to hold it

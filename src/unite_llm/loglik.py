@@ -39,16 +39,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import ContextLengthError, InvalidConfigError, InvalidInputError
 from .members.base import Member, common_prefix, token_logprobs
-from .prompts import as_utf8
+from .prompts import as_utf8, render_chat
 from .sync import TokenTrack
 from .vocab import incomplete_utf8_tail
 
@@ -56,6 +56,38 @@ if TYPE_CHECKING:
     from .engine import Ensemble
 
 Text = str | bytes
+
+
+@dataclass(frozen=True)
+class Chat:
+    """A chat context: the same messages, rendered with each member's *own* chat template
+    (as ``Ensemble.generate(..., chat=True)`` renders a prompt).
+
+    ``add_generation_prompt=False`` continues the last (assistant) message instead of opening
+    a new turn, as transformers' ``continue_final_message``: the rendering is cut right after
+    that message's content.
+    """
+
+    messages: tuple[Mapping[str, Any], ...]
+    add_generation_prompt: bool = True
+
+    def render(self, member: Member) -> str:
+        text = render_chat(member, list(self.messages), add_generation_prompt=self.add_generation_prompt)
+        if not self.add_generation_prompt and self.messages:
+            last = str(self.messages[-1].get("content", ""))
+            at = text.rfind(last) if last else -1
+            if at < 0:
+                raise InvalidInputError(f"{member.name}'s chat template does not write the final message as it is")
+            text = text[: at + len(last)]
+        return text
+
+
+Context = Text | Chat
+
+
+def member_context(member: Member, context: Context) -> Text:
+    """The context as ``member`` reads it: raw text as it is, a :class:`Chat` in its own template."""
+    return context.render(member) if isinstance(context, Chat) else context
 
 
 @dataclass
@@ -104,13 +136,13 @@ def context_track(member: Member, context: Text) -> TokenTrack:
     return track
 
 
-def member_loglik(member: Member, context: Text, continuation: Text) -> MemberLoglik:
+def member_loglik(member: Member, context: Context, continuation: Text) -> MemberLoglik:
     """``member``'s log-probability of ``continuation`` after ``context`` (see the module docstring).
 
     Longer than the member's context window, the oldest tokens of the context are dropped
     (as lm-eval does); a continuation that alone does not fit is a :class:`ContextLengthError`.
     """
-    track = context_track(member, context)
+    track = context_track(member, member_context(member, context))
     base = list(track.tokens)
     cont = _bytes(continuation)
     full = list(track.append(cont)) if cont else base
@@ -179,7 +211,7 @@ def _each_member(ensemble: Ensemble, fn: Callable[[Member], float], pool: Thread
 
 
 def ensemble_loglik(
-    ensemble: Ensemble, context: Text, continuation: Text, *, pool: ThreadPoolExecutor | None = None
+    ensemble: Ensemble, context: Context, continuation: Text, *, pool: ThreadPoolExecutor | None = None
 ) -> tuple[float, list[float]]:
     """The ensemble's log-likelihood of ``continuation`` after ``context`` and each member's.
 
@@ -198,7 +230,7 @@ def ensemble_rolling_loglik(
     return mixture(lls, ensemble.weights), lls
 
 
-def greedy_prefixes(ensemble: Ensemble, context: str, continuations: Sequence[Text]) -> list[bool]:
+def greedy_prefixes(ensemble: Ensemble, context: str | Chat, continuations: Sequence[Text]) -> list[bool]:
     """For each continuation, whether the ensemble's greedy decode of ``context`` begins with it.
 
     One decode serves every continuation of the context (the choices of a question).  It
@@ -206,7 +238,8 @@ def greedy_prefixes(ensemble: Ensemble, context: str, continuations: Sequence[Te
     (usually within a step or two), so it costs the longest agreeing prefix plus one step;
     every step appends at least one byte, so ``max(len(c))`` steps always decide.  A context
     the ensemble cannot start from (empty for a member without BOS, or too long for a
-    member's window) reproduces nothing: all False.
+    member's window) reproduces nothing: all False; so does a chat that continues its last
+    message (the ensemble decodes chats from a new assistant turn only).
     """
     wants = [_bytes(c) for c in continuations]
     decided: list[bool | None] = [True if not w else None for w in wants]
@@ -220,11 +253,16 @@ def greedy_prefixes(ensemble: Ensemble, context: str, continuations: Sequence[Te
                     decided[j] = False
         return all(d is not None for d in decided)
 
+    if isinstance(context, Chat) and not context.add_generation_prompt:
+        settle(b"", True)
     if not settle(b"", False):
         got = b""
+        chat = isinstance(context, Chat)
+        prompt: Any = list(context.messages) if isinstance(context, Chat) else context
         try:
             steps = max(len(w) for w in wants)
-            with contextlib.closing(ensemble.stream(context, max_new_tokens=steps, temperature=0.0)) as chunks:
+            stream = ensemble.stream(prompt, max_new_tokens=steps, temperature=0.0, chat=chat)
+            with contextlib.closing(stream) as chunks:
                 for chunk in chunks:
                     if chunk.output is not None:
                         settle(chunk.output.output_bytes, True)
@@ -237,7 +275,7 @@ def greedy_prefixes(ensemble: Ensemble, context: str, continuations: Sequence[Te
     return [bool(d) for d in decided]
 
 
-def greedy_reproduces(ensemble: Ensemble, context: str, continuation: Text) -> bool:
+def greedy_reproduces(ensemble: Ensemble, context: str | Chat, continuation: Text) -> bool:
     """Whether the ensemble's greedy decode of ``context`` begins with ``continuation``
     (lm-eval's ``is_greedy``; see :func:`greedy_prefixes`)."""
     return greedy_prefixes(ensemble, context, [continuation])[0]
