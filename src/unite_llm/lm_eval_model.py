@@ -263,11 +263,11 @@ class UniteLM(LM):
         """Every member's own template (lm-eval records it and keys its request cache on it)."""
         return json.dumps({m.name: m.chat_template for m in self.ensemble.members}, ensure_ascii=False)
 
-    def fit_context(self, context: str, max_new_tokens: int) -> str:
+    def fit_context(self, context: str | bytes, max_new_tokens: int) -> str:
         """``context`` without as many leading characters as it takes for every member to hold it
         and ``max_new_tokens`` more tokens (at most half its window); lm-eval's models truncate
         the same way, on the left."""
-        data = context.encode("utf-8")
+        original = data = context.encode("utf-8") if isinstance(context, str) else bytes(context)
         for _ in range(4):
             cut = 0
             for m in self.ensemble.members:
@@ -280,7 +280,7 @@ class UniteLM(LM):
             while cut < len(data) and data[cut] & 0xC0 == 0x80:  # not inside a character
                 cut += 1
             data = data[cut:]
-        if len(data) < len(context.encode("utf-8")):
+        if len(data) < len(original):
             log.warning("unite: context cut to its last %d bytes to fit the members' windows", len(data))
         return data.decode("utf-8")
 
@@ -300,7 +300,7 @@ class UniteLM(LM):
             max_new_tokens=int(max_new),
             temperature=temperature if sample else 0.0,
             top_p=float(kw.get("top_p", 1.0) or 1.0) if sample else 1.0,
-            seed=int(kw.get("seed", self.seed)) if sample and kw.get("seed", self.seed) is not None else None,
+            seed=int(seed) if sample and (seed := kw.get("seed", self.seed)) is not None else None,
             stop=tuple(s for s in stops if s),
         )
 

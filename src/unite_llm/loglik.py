@@ -230,7 +230,7 @@ def ensemble_rolling_loglik(
     return mixture(lls, ensemble.weights), lls
 
 
-def greedy_prefixes(ensemble: Ensemble, context: str | Chat, continuations: Sequence[Text]) -> list[bool]:
+def greedy_prefixes(ensemble: Ensemble, context: Text | Chat, continuations: Sequence[Text]) -> list[bool]:
     """For each continuation, whether the ensemble's greedy decode of ``context`` begins with it.
 
     One decode serves every continuation of the context (the choices of a question).  It
