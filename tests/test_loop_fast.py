@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from unite_llm import Ensemble
+from unite_llm.errors import InvalidConfigError
 from unite_llm.methods import BUILTIN_METHODS, make_method
 from unite_llm.methods.base import MemberScores, StepDistribution
 from unite_llm.methods.unite import UniTE
@@ -143,8 +144,7 @@ class Counting(UniTE):
     """A user's method: UniTE that counts its prepare calls (declared, not probed)."""
 
     name = "counting"
-    needs_prepare = True
-    batched = False
+    needs_prepare = True  # its own __call__ without a step_batch: not batched (declared by the base)
 
     def __init__(self, k: int = 10) -> None:
         super().__init__(k)
@@ -158,6 +158,16 @@ class Counting(UniTE):
     def __call__(self, members: Sequence[MemberScores], weights: np.ndarray, *, ignore_eos: bool = False) -> StepDistribution:
         self.stepped += 1
         return super().__call__(members, weights, ignore_eos=ignore_eos)
+
+
+def test_declarations_must_match_the_hooks():
+    assert Counting.batched is False and UniTE.batched is True
+    with pytest.raises(TypeError, match="needs_prepare"):
+        type("NoDeclaration", (UniTE,), {"prepare": lambda self, m, t, p: None})
+    with pytest.raises(TypeError, match="response_level"):
+        type("Whole", (UniTE,), {"generate": lambda self, *a, **k: None})
+    with pytest.raises(InvalidConfigError, match="not a StepMethod"):
+        Ensemble(pair(False), method=lambda members, weights, ignore_eos=False: None)
 
 
 def test_declared_capabilities_drive_the_loop():

@@ -84,7 +84,8 @@ class Timing:
     steps: int = 0
     members_s: float = 0.0
     """Of ``decode_s``, the time spent inside the members (their forward passes); the
-    rest is the ensemble's own overhead (step method, choice, re-tokenization)."""
+    rest is the ensemble's own overhead (step method, choice, re-tokenization).  In a batch
+    the forward passes are shared: each row counts every pass it took part in."""
     prepare_s: float = 0.0
     """Time in the step method's ``prepare`` hook (vocabulary maps on first use, per-prompt weights)."""
 
@@ -128,6 +129,14 @@ class StreamChunk:
     """Set on the last chunk only."""
 
 
+def _checked_weights(weights: Sequence[float] | np.ndarray, n: int, who: str) -> np.ndarray:
+    """Weights a step method's ``prepare`` returned, checked but used as given."""
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,) or not np.all(np.isfinite(w)) or np.any(w <= 0):
+        raise InvalidConfigError(f"{who}: prepare must return {n} positive finite weights, got {w.tolist()}")
+    return w
+
+
 def _normalised_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
     if weights is None:
         return np.full(n, 1.0 / n)
@@ -155,8 +164,11 @@ class Ensemble:
     state each) and the others wait their turn, so each call returns what it would return
     alone.  For many concurrent users, batch prompts into one call (members that batch
     decode them together) or serve through ``unite serve``'s queue.  A stream holds the
-    ensemble until it is exhausted or closed; starting another generation in the thread
-    that holds an open stream raises ``RuntimeError``.
+    ensemble until it is exhausted or closed (a stream kept alive unfinished makes every
+    other caller, and ``close()``, wait for it); consume a stream in one thread, and do not
+    start another generation in the thread that holds an open stream: that raises
+    ``RuntimeError`` instead of waiting for itself.  Work on the members outside
+    ``generate`` (scoring, :mod:`unite_llm.loglik`) takes the same turn with :meth:`exclusive`.
     """
 
     def __init__(
@@ -179,6 +191,10 @@ class Ensemble:
         self.members = list(members)
         self.weights = _normalised_weights(weights, len(members))
         self.method = make_method(method, k=k) if isinstance(method, str) else method
+        if not isinstance(self.method, StepMethod):
+            raise InvalidConfigError(
+                f"method {self.method!r} is not a StepMethod: subclass unite_llm.methods.StepMethod (it declares its hooks)"
+            )
         # A lone member is its own primary: it follows its own tokens, so a one-member
         # "ensemble" decodes exactly as the model does by itself.
         if primary is None and len(self.members) == 1:
@@ -331,7 +347,7 @@ class Ensemble:
     ) -> Generator[StreamChunk, None, None]:
         """Generate step by step, yielding text as soon as it is complete UTF-8."""
         config = _config(config, kwargs)
-        with self._exclusive():
+        with self.exclusive():
             if self.method.response_level:  # rank: whole answers, made by the method itself
                 out = cast(ResponseLevel, self.method).generate(self, prompt, config, chat=chat)
                 yield StreamChunk(out.text, out.steps[-1] if out.steps else None, out)
@@ -350,7 +366,7 @@ class Ensemble:
         prompt as a batch of one.
         """
         config = _config(config, kwargs)
-        with self._exclusive():
+        with self.exclusive():
             if self.method.response_level:
                 method = cast(ResponseLevel, self.method)
                 return [method.generate(self, p, config, chat=chat) for p in prompts]
@@ -366,7 +382,7 @@ class Ensemble:
             return [outputs[i] for i in range(len(prompts))]
 
     @contextmanager
-    def _exclusive(self) -> Iterator[None]:
+    def exclusive(self) -> Iterator[None]:
         """One generation at a time per ensemble: the members' KV caches and the step
         method's per-generation state are shared, so calls from several threads queue
         here (in arrival order of the lock) instead of corrupting each other.  A second
@@ -504,20 +520,18 @@ class Ensemble:
         assert batched or len(prompts) == 1, "an unbatched decode runs one prompt"
         n = len(self.members)
         stops = StopStrings(config.stop)
-        for m in self.members:
+        rows = [_Row([start_track(m, p, chat=chat) for m in self.members], config, self.weights, self.load_s) for p in prompts]
+        for m in self.members:  # the prompts are valid: the members may now forget or keep their caches
             if not self.prefix_cache:
                 reset_cache(m)
             start_sequence(m)  # the prompt is evaluated by a plan that depends on it alone
-        rows = [_Row([start_track(m, p, chat=chat) for m in self.members], config, self.weights, self.load_s) for p in prompts]
         for row in rows:
             row.prompt_tokens = {m.name: len(t) for m, t in zip(self.members, row.tracks)}
             if self.method.needs_prepare:  # set-up that needs the members or the prompt
                 t0 = time.perf_counter()
                 weights = self.method.prepare(self.members, row.tracks, self.primary)
                 if weights is not None:  # this generation's own weights (PackLLM)
-                    if len(weights) != n:
-                        raise InvalidConfigError(f"{self.method.name}: prepare returned {len(weights)} weights for {n} members")
-                    row.weights = np.asarray(weights, dtype=np.float64)
+                    row.weights = _checked_weights(weights, n, self.method.name)
                 row.timing.prepare_s = time.perf_counter() - t0
         base = next(_calls) << 32  # batch row names, unique per call (see BatchMember)
 
@@ -529,7 +543,7 @@ class Ensemble:
 
         active = list(range(len(rows)))
         t0 = time.perf_counter()
-        scores = forward(active) if active and config.max_new_tokens > 0 else []
+        scores = forward(active) if active else []  # prefill (also for max_new_tokens=0: it warms the cache)
         for row in rows:
             row.timing.prefill_s = time.perf_counter() - t0
         t0 = time.perf_counter()

@@ -204,10 +204,12 @@ def mixture(logprobs: Sequence[float], weights: Sequence[float] | np.ndarray) ->
 
 
 def _each_member(ensemble: Ensemble, fn: Callable[[Member], float], pool: ThreadPoolExecutor | None) -> list[float]:
-    if pool is None or len(ensemble.members) == 1:
-        return [fn(m) for m in ensemble.members]
-    futures = [pool.submit(fn, m) for m in ensemble.members]
-    return [f.result() for f in futures]
+    """``fn`` on every member, in the ensemble's turn (no generation runs on them meanwhile)."""
+    with ensemble.exclusive():
+        if pool is None or len(ensemble.members) == 1:
+            return [fn(m) for m in ensemble.members]
+        futures = [pool.submit(fn, m) for m in ensemble.members]
+        return [f.result() for f in futures]
 
 
 def ensemble_loglik(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,7 +98,14 @@ def pairrm_scores(path: str, prompt: Prompt, answers: Sequence[str]) -> np.ndarr
 def rank_generate(
     ensemble: Ensemble, prompt: Prompt, config: GenerationConfig | None = None, *, chat: bool = False, ranker: str | None = None
 ) -> tuple[GenerationOutput, Ranking]:
-    """Every member answers alone; the best-ranked answer is returned with how it was ranked."""
+    """Every member answers alone; the best-ranked answer is returned with how it was ranked.
+
+    Called by :meth:`Rank.generate` inside the ensemble's turn; called directly, it takes
+    that turn itself, so no other generation steps the members meanwhile.
+    """
+    if ensemble._owner != threading.get_ident():
+        with ensemble.exclusive():
+            return rank_generate(ensemble, prompt, config, chat=chat, ranker=ranker)
     config = config or GenerationConfig()
     outputs = []
     timing = Timing(load_s=ensemble.load_s)

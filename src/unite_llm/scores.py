@@ -84,8 +84,15 @@ class DenseScores:
     def at(self, ids: Sequence[int]) -> np.ndarray:
         return self.array[np.asarray(ids, dtype=np.intp)].astype(np.float64)
 
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        return self.array if dtype is None else self.array.astype(dtype)
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        out = self.array if dtype is None else self.array.astype(dtype)
+        return out.copy() if copy and out is self.array else out
+
+    def __getitem__(self, index: Any) -> Any:  # the vector's own indexing, for methods written against arrays
+        return self.array[index]
+
+    def __len__(self) -> int:
+        return len(self.array)
 
 
 def as_scores(logits: Scores | np.ndarray) -> Scores:
@@ -105,6 +112,10 @@ def dense(scores: Scores | np.ndarray, size: int) -> np.ndarray:
     """
     if isinstance(scores, DenseScores):
         return scores.array[:size]
+    if isinstance(scores, np.ndarray):
+        return scores[:size]
+    if not hasattr(scores, "__array__"):
+        raise TypeError(f"{type(scores).__name__} holds only some scores; this method needs the full vector")
     return np.asarray(scores)[:size]
 
 

@@ -2,8 +2,9 @@
 
 A member is a language model seen through four things: a byte-level vocabulary, a
 tokenizer, a chat template, and ``next_logits(context)``: "make your context exactly
-these token ids and score the next token".  Members belong to one ensemble at a time: the
-ensemble serialises its generations, so a member is never stepped from two threads.  How the member gets there (KV-cache
+these token ids and score the next token".  A member belongs to one ensemble at a time,
+which steps it from one generation at a time (``Ensemble.exclusive``); a member is not
+thread-safe by itself.  How the member gets there (KV-cache
 rollback in llama.cpp, ``DynamicCache.crop`` in transformers, an actor on another
 machine) is its own business; the decode loop only ever hands over full contexts, and
 the member evaluates only what differs from the context it already holds.

@@ -5,7 +5,8 @@ Methods are registered by name, as members are: the built-in ones below, and tho
 other packages through the ``unite_llm.methods`` entry-point group (``name =
 "module:Class"``; the class takes ``k`` and keyword settings and returns a
 :class:`~unite_llm.methods.base.StepMethod`).  Targets are imported only when a method is
-built, so listing the names costs nothing and no method module imports the decode loop.
+built, so listing the names imports no method module and no method module imports the
+decode loop; entry points are read only for names that are not built in.
 """
 
 from __future__ import annotations
@@ -49,14 +50,18 @@ def _import(target: str) -> Callable[..., StepMethod]:
 
 def make_method(name: str, *, k: int = 10, **options: Any) -> StepMethod:
     """A step method by name, with its settings checked."""
-    known = registered_methods()
-    if name not in known:
-        raise InvalidConfigError(f"unknown method {name!r} (known: {', '.join(sorted(known))})")
+    target = BUILTIN_METHODS.get(name) or registered_methods().get(name)  # entry points scanned only for others
+    if target is None:
+        raise InvalidConfigError(f"unknown method {name!r} (known: {', '.join(sorted(registered_methods()))})")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InvalidConfigError(f"k must be an integer >= 1, got {k!r}")
-    method = _import(known[name])(k=k, **options)
+    try:
+        factory = _import(target)
+    except (ImportError, AttributeError) as err:
+        raise InvalidConfigError(f"method {name!r} is registered as {target}, which cannot be imported: {err}") from err
+    method = factory(k=k, **options)
     if not isinstance(method, StepMethod):
-        raise InvalidConfigError(f"method {name!r} ({known[name]}) does not build a StepMethod")
+        raise InvalidConfigError(f"method {name!r} ({target}) does not build a StepMethod")
     return method
 
 

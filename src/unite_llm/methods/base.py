@@ -115,6 +115,20 @@ class StepMethod:
     batched: ClassVar[bool] = False
     response_level: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Declarations must match the hooks, so a hook is never silently skipped: a class
+        that writes its own per-step rule inherits ``batched`` only with its own ``step_batch``."""
+        super().__init_subclass__(**kwargs)
+        own = vars(cls)
+        if "prepare" in own and not cls.needs_prepare:
+            raise TypeError(f"{cls.__name__} defines prepare(): declare needs_prepare = True")
+        if callable(getattr(cls, "generate", None)) and not cls.response_level:
+            raise TypeError(f"{cls.__name__} defines generate(): declare response_level = True")
+        if "__call__" in own and "step_batch" not in own and "batched" not in own:
+            cls.batched = False
+        if cls.batched and cls.step_batch is StepMethod.step_batch:
+            raise TypeError(f"{cls.__name__} declares batched = True: define step_batch()")
+
     def __call__(self, members: Sequence[MemberScores], weights: np.ndarray, *, ignore_eos: bool = False) -> StepDistribution:
         raise NotImplementedError(f"{type(self).__name__} defines no per-step rule")
 

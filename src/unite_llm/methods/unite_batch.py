@@ -69,8 +69,8 @@ class DeviceStep:
     def _allowed_mask(self, vocab: ByteVocab, ignore_eos: bool, like: Any) -> Any:
         """Boolean ``[V]`` mask of ids that may be candidates, cached per device."""
         key = (id(vocab), ignore_eos, str(getattr(like, "device", "numpy")))
-        mask = self._allowed.get(key)
-        if mask is None:
+        owner, mask = self._allowed.get(key, (None, None))
+        if owner is not vocab:  # a new vocabulary (an id can be reused once the old one is freed)
             ok: Any = np.asarray(vocab.emittable, dtype=bool)
             if not ignore_eos:
                 ok[list(vocab.eog_ids)] = True
@@ -78,7 +78,8 @@ class DeviceStep:
                 import torch
 
                 ok = torch.from_numpy(ok).to(like.device)
-            mask = self._allowed[key] = ok
+            mask = ok
+            self._allowed[key] = (vocab, mask)
         return mask
 
     def top_ids(self, scores: Any, vocab: ByteVocab, ignore_eos: bool) -> np.ndarray:
