@@ -211,6 +211,9 @@ class Ensemble:
         # off, every generation starts cold (members.base.reset_cache).
         self.prefix_cache = prefix_cache
         self._subtoken_cache: list[dict[bytes, int | None]] = [{} for _ in members]
+        self._subtoken_fns: list[Callable[[bytes], int | None]] = [
+            functools.partial(self._first_subtoken, i) for i in range(len(self.members))
+        ]  # built once, not per step
         self._lock = threading.Lock()
         self._owner: int | None = None
 
@@ -429,9 +432,6 @@ class Ensemble:
             cache[candidate] = member.vocab.first_subtoken(candidate, member.tokenize)
         return cache[candidate]
 
-    def _subtokens(self) -> list[Callable[[bytes], int | None]]:
-        return [functools.partial(self._first_subtoken, i) for i in range(len(self.members))]
-
     def _step(
         self, scores: list[Any], rows: list[_Row], *, batched: bool, ignore_eos: bool
     ) -> list[tuple[StepDistribution, list[Scores]]]:
@@ -441,7 +441,7 @@ class Ensemble:
         declares ``batched`` steps every row at once on the members' own ``[rows, vocab]``
         scores (UniTE's top-k stays on the device); any other gets host copies, row by row.
         """
-        subtokens = self._subtokens()
+        subtokens = self._subtoken_fns
         if not batched:
             single = [as_scores(s) for s in scores]
             views = [MemberScores(m.name, lg, m.vocab, f) for m, lg, f in zip(self.members, single, subtokens)]

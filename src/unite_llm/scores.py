@@ -99,6 +99,8 @@ def as_scores(logits: Scores | np.ndarray) -> Scores:
     """A member's raw answer (an array, or an object already meeting the contract) as :class:`Scores`."""
     if isinstance(logits, np.ndarray):
         return DenseScores(logits)
+    if isinstance(logits, DenseScores):  # the per-step case: skip the slower Protocol check
+        return logits
     if not isinstance(logits, Scores):
         raise TypeError(f"member scores must be a numpy array or meet the Scores contract, got {type(logits).__name__}")
     return logits
