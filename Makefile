@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum 
 # question/answer form that suits it (raw completion), not through a chat template.
 export QUESTION ?= What do plants take in from the air to make their food, and what do they give off?
 
-.PHONY: run test bench lint setup clean results baselines members4 browser
+.PHONY: run test bench lint setup clean results baselines members4 lm-eval-results browser
 
 setup: $(STAMP)
 
@@ -84,6 +84,18 @@ members4: $(STAMP)
 	for p in $(M4_PAIRS); do t=$${p%%:*}; a=$${p#*:}; a1=$${a%%+*}; a2=$${a#*+}; \
 	  $(M4_EVAL) -m $$a1 -m $$a2 --method unite --task $$t || exit 1; done
 	$(BIN)/python bench/members_table.py results/members4
+
+# lm-eval's standard multiple-choice prompts (results/lm_eval): one in-process run of the four-model
+# ensemble records every member's log-likelihood of every request (scores.jsonl, resumable), from which
+# bench/lm_eval_table.py computes each member, each pair with Qwen-1.5B and the four together.
+space := $(subst ,, )
+LM_EVAL_MEMBERS := $(subst $(space),+,$(FOUR))
+lm-eval-results: $(STAMP)
+	OMP_WAIT_POLICY=PASSIVE nice -n 10 $(BIN)/python -m unite_llm.lm_eval_model --model unite \
+	  --model_args members=$(LM_EVAL_MEMBERS),greedy_check=False,n_threads=1,scores_file=results/lm_eval/scores.jsonl \
+	  --tasks unite_arc_easy,unite_arc_challenge,unite_piqa,unite_mmlu --include_path results/lm_eval/tasks \
+	  --limit 300 --log_samples --output_path results/lm_eval/lm_eval_out
+	$(BIN)/python bench/lm_eval_table.py results/lm_eval
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -9,6 +9,7 @@ runs the local tasks of ``tests/data/lm_eval`` (no network) through the model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -314,6 +315,34 @@ def test_lm_eval_multiple_choice_in_process(pair) -> None:
     acc = results["results"]["unite_mc"]["acc,none"]
     assert acc == pytest.approx(np.mean([s["acc"] for s in samples]))
     assert acc >= 0.5  # capitals, freezing point, opposites: easy for the pair
+
+
+def test_scores_file_records_every_member_and_resumes(pair, tmp_path) -> None:
+    """``scores_file``: each member's log-likelihood per request; a second run reads them
+    back (no member evaluates anything) and reports the same; a line cut by a kill is
+    ignored and only that request is scored again."""
+    path = tmp_path / "scores.jsonl"
+    n = 2
+    first = _evaluate(UniteLM(ensemble=pair, scores_file=str(path), greedy_check=False), "unite_mc", n)
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert rows and all(r["members"] == pair.names for r in rows)
+    for r in rows:
+        lls = [member_loglik(m, r["context"], r["continuation"]).logprob for m in pair.members]
+        np.testing.assert_allclose(r["member_logliks"], lls, atol=1e-9)
+        assert r["loglik"] == pytest.approx(mixture(lls, pair.weights), abs=1e-12)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    path.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2], encoding="utf-8")  # a torn last line
+    lm = UniteLM(ensemble=pair, scores_file=str(path), greedy_check=False)
+    assert lm.scores is not None and len(lm.scores.known) == len(rows) - 1
+    second = _evaluate(lm, "unite_mc", n)
+    lm.close()
+    whole = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            whole.append(json.loads(line))
+    assert len(whole) == len(rows)  # the torn request alone was scored (and appended) again
+    for a, b in zip(first["samples"]["unite_mc"], second["samples"]["unite_mc"]):
+        assert [r[0][0] for r in a["resps"]] == pytest.approx([r[0][0] for r in b["resps"]], abs=1e-9)
 
 
 def test_lm_eval_generate_until_in_process(pair) -> None:

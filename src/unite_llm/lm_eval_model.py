@@ -31,7 +31,10 @@ default the project's default pair), ``k``, ``method``, ``weights`` (joined by `
 ``primary``, ``n_ctx``, ``n_threads``, ``parallel``, ``prefix_cache``, ``config`` (an
 ensemble config file, :mod:`unite_llm.config`), ``seed`` (for sampled tasks),
 ``max_gen_toks`` (default 256), ``greedy_check`` (``False`` skips the decode behind
-``is_greedy`` and reports False), ``batch_size``.  From Python, ``UniteLM(ensemble=ens)``
+``is_greedy`` and reports False), ``batch_size``, ``scores_file`` (a JSONL record of every
+member's log-likelihood of every request, appended as they are computed and reused when the
+run is started again: a killed run resumes, and each member's own accuracy, or any subset's
+mixture, can be computed afterwards from the one run; see :class:`ScoresFile`).  From Python, ``UniteLM(ensemble=ens)``
 wraps an ensemble already loaded (it is then not closed by this model).
 
 lm-eval finds ``unite`` in three ways: importing this module registers it (so
@@ -49,9 +52,11 @@ import logging
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import lm_eval.models  # noqa: F401  (lm-eval's own models first: its get_model imports them only into an empty registry)
+import numpy as np
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
@@ -59,7 +64,7 @@ from tqdm import tqdm
 
 from .engine import Ensemble
 from .errors import InvalidConfigError
-from .loglik import Chat, Context, ensemble_loglik, ensemble_rolling_loglik, greedy_prefixes
+from .loglik import Chat, Context, ensemble_loglik, ensemble_rolling_loglik, greedy_prefixes, mixture
 from .models import DEFAULT_ENSEMBLE
 from .sampling import GenerationConfig
 
@@ -107,6 +112,63 @@ def _batch_size(value: Any) -> int:
     raise InvalidConfigError(f"batch_size must be an integer or 'auto', got {value!r}")
 
 
+class ScoresFile:
+    """Every member's log-likelihood of each ``(context, continuation)``, one JSON line each.
+
+    Lines are appended (and flushed) as requests are scored, so a run killed half-way loses
+    nothing: started again with the same file, it reuses the lines whose members are the
+    ensemble's and scores only the rest.  Each line holds ``members``, ``weights``,
+    ``context``, ``continuation``, ``member_logliks`` and the ensemble's ``loglik``; a member's
+    own log-likelihood is exactly what a one-member ensemble reports, and the ensemble's is
+    their mixture (:func:`~unite_llm.loglik.mixture`), so a subset's can be recomputed too.
+    """
+
+    def __init__(self, path: str | Path, members: Sequence[str]) -> None:
+        self.path = Path(path)
+        self.members = list(members)
+        self.known: dict[tuple[str, str], list[float]] = {}
+        if self.path.is_file():
+            with self.path.open(encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut by a kill: scored again
+                        log.warning("unite: %s line %d is not JSON and is ignored", self.path, n)
+                        continue
+                    if row.get("members") == self.members:
+                        self.known[(row["context"], row["continuation"])] = [float(x) for x in row["member_logliks"]]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torn = self.path.is_file() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
+        self._file: IO[str] | None = self.path.open("a", encoding="utf-8")
+        if torn:  # the next line must not be glued to a line cut by a kill
+            self._file.write("\n")
+
+    def get(self, context: str, continuation: str) -> list[float] | None:
+        return self.known.get((context, continuation))
+
+    def add(self, context: str, continuation: str, weights: Sequence[float] | np.ndarray, lls: Sequence[float]) -> None:
+        self.known[(context, continuation)] = list(lls)
+        if self._file is None:
+            return
+        row = {
+            "members": self.members,
+            "weights": [float(w) for w in weights],
+            "context": context,
+            "continuation": continuation,
+            "member_logliks": [float(x) for x in lls],
+            "loglik": mixture(lls, weights),
+        }
+        self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 class UniteLM(LM):
     """A UniTE ensemble as an lm-eval model (see the module docstring)."""
 
@@ -129,6 +191,7 @@ class UniteLM(LM):
         greedy_check: bool = True,
         batch_size: int | str | None = 1,
         max_batch_size: int | None = None,
+        scores_file: str | None = None,
         device: str | None = None,
         **unknown: Any,
     ) -> None:
@@ -172,12 +235,15 @@ class UniteLM(LM):
         if self.ensemble.parallel and len(self.ensemble.members) > 1:
             self._pool = ThreadPoolExecutor(max_workers=len(self.ensemble.members), thread_name_prefix="unite-score")
         self._warned: set[str] = set()
+        self.scores = ScoresFile(scores_file, self.ensemble.names) if scores_file else None
 
     def close(self) -> None:
         """Stop the scoring threads; close the ensemble if this model loaded it."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        if self.scores is not None:
+            self.scores.close()
         if self._owned:
             self.ensemble.close()
 
@@ -198,7 +264,7 @@ class UniteLM(LM):
         # and one greedy decode answers is_greedy for all of them.
         for text, rows in by_context.items():
             context = as_context(text)
-            lls = [ensemble_loglik(self.ensemble, context, requests[i].args[1], pool=self._pool)[0] for i in rows]
+            lls = [self._loglik(text, context, requests[i].args[1]) for i in rows]
             conts = [requests[i].args[1] for i in rows]
             greedy = greedy_prefixes(self.ensemble, context, conts) if self.greedy_check else [False] * len(rows)
             for i, ll, g in zip(rows, lls, greedy):
@@ -207,6 +273,16 @@ class UniteLM(LM):
             bar.update(len(rows))
         bar.close()
         return [r if r is not None else (float("nan"), False) for r in results]
+
+    def _loglik(self, text: str, context: Context, continuation: str) -> float:
+        """The ensemble's log-likelihood, from the scores file when it has the request."""
+        known = self.scores.get(text, continuation) if self.scores is not None else None
+        if known is not None:
+            return mixture(known, self.ensemble.weights)
+        ll, lls = ensemble_loglik(self.ensemble, context, continuation, pool=self._pool)
+        if self.scores is not None:
+            self.scores.add(text, continuation, self.ensemble.weights, lls)
+        return ll
 
     def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
         results: list[float] = []

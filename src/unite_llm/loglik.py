@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ContextLengthError, InvalidConfigError, InvalidInputError
-from .members.base import Member, common_prefix, token_logprobs
+from .members.base import Member, common_prefix, token_logprobs, token_top_logprobs
 from .prompts import as_utf8, render_chat
 from .sync import TokenTrack
 from .vocab import incomplete_utf8_tail
@@ -115,6 +115,12 @@ def prefix_token(member: Member) -> int:
     if member.vocab.eog_ids:
         return min(member.vocab.eog_ids)
     raise InvalidConfigError(f"{member.name} has neither a BOS nor an EOS token to start a text from")
+
+
+def added_bos(member: Member) -> int | None:
+    """The BOS token the member's tokenizer puts before a new text, if it puts one."""
+    with_bos = member.tokenize(b"a", add_bos=True, special=True)
+    return with_bos[0] if len(with_bos) > len(member.tokenize(b"a", special=True)) else None
 
 
 def context_track(member: Member, context: Text) -> TokenTrack:
@@ -190,7 +196,7 @@ def member_rolling_loglik(member: Member, text: Text) -> float:
     return total
 
 
-def mixture(logprobs: Sequence[float], weights: Sequence[float] | np.ndarray) -> float:
+def mixture(logprobs: Sequence[float] | np.ndarray, weights: Sequence[float] | np.ndarray) -> float:
     """``log sum_i w_i exp(ll_i)`` with normalised weights; exactly ``ll_0`` for one member."""
     lls = np.asarray(logprobs, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
@@ -281,3 +287,101 @@ def greedy_reproduces(ensemble: Ensemble, context: str | Chat, continuation: Tex
     """Whether the ensemble's greedy decode of ``context`` begins with ``continuation``
     (lm-eval's ``is_greedy``; see :func:`greedy_prefixes`)."""
     return greedy_prefixes(ensemble, context, [continuation])[0]
+
+
+# -- prompt log-probabilities (the server's echo) ------------------------------------------
+
+
+def reference_member(ensemble: Ensemble) -> Member:
+    """The member whose tokenizer the server's ``/tokenize`` and echoed prompts use: the primary,
+    else the first member."""
+    return ensemble.members[ensemble.primary if ensemble.primary is not None else 0]
+
+
+@dataclass
+class PromptLogprobs:
+    """Per-token log-probabilities of a prompt in the reference member's tokens (OpenAI's echo)."""
+
+    ids: list[int]
+    pieces: list[bytes]
+    logprobs: list[float | None]
+    """None for the first token, which nothing precedes (OpenAI's convention)."""
+    top: list[dict[int, float]] | None
+    """Each position's most probable reference tokens (one-member ensembles), else None."""
+
+
+def _byte_ends(pieces: Sequence[bytes]) -> np.ndarray:
+    return np.cumsum([len(x) for x in pieces], dtype=np.int64) if pieces else np.zeros(0, dtype=np.int64)
+
+
+def prompt_logprobs(ensemble: Ensemble, ids: Sequence[int], n_top: int = 0) -> PromptLogprobs:
+    """Each prompt token's log-probability under the ensemble, as a text distribution.
+
+    The ensemble is the mixture of its members as distributions over texts (the model that
+    :func:`ensemble_loglik` scores with), and a prompt's tokens are read in the reference
+    member's tokenization (``ids``).  Member ``i`` scores the prompt's bytes once, in its own
+    tokens; ``L_i(t)`` is its log-probability of the tokens that end within the first ``t + 1``
+    reference tokens (a member token that straddles a boundary counts where it ends), for the
+    reference member exactly its own token log-probabilities.  The mixture's prefix
+    log-probability ``L(t) = log sum_i w_i exp L_i(t)`` telescopes into per-token values
+    ``L(t) - L(t - 1)``.  So the sum over a continuation's tokens is the mixture's exact
+    conditional log-probability of the continuation given the prompt before it: each member
+    weighted by ``w_i`` times its probability of that earlier text (Bayes), where the
+    in-process :func:`ensemble_loglik` conditions on a context with the prior weights ``w_i``.
+    A distribution has one joint, and an echo cannot know where the caller's context ends;
+    for one member both are its own log-likelihood.
+
+    ``n_top`` alternatives per position are the member's own (one-member ensembles only: the
+    ensemble's next-token distribution exists on a step's union, and a prompt is not decoded).
+    """
+    ref = reference_member(ensemble)
+    ids = [int(t) for t in ids]
+    pieces = [ref.vocab.pieces[t] for t in ids]
+    n = len(ids)
+    if n == 0:
+        return PromptLogprobs([], [], [], None)
+    ends = _byte_ends(pieces)
+    text = b"".join(pieces)
+    single = len(ensemble.members) == 1
+    top: list[dict[int, float]] | None = None
+
+    def steps_of(member: Member) -> np.ndarray:
+        """``D_i(t)``: member's log-probability of its tokens ending within reference token ``t`` (t >= 1)."""
+        out = np.zeros(n)
+        if member is ref:
+            # Conditioned as the ensemble prompts the member: on its BOS if its tokenizer adds one.
+            bos = added_bos(ref)
+            head = [bos] if bos is not None and ids[0] != bos else []
+            seq = head + ids
+            first = len(head) + 1  # score ids[1:]
+            if single and n_top:
+                nonlocal top
+                lps, tids, tlps = token_top_logprobs(member, seq, first, n_top)
+                rows = zip(tids, tlps)
+                top = [{}] + [{int(a): float(b) for a, b in zip(r_ids, r_lps) if b > -math.inf} for r_ids, r_lps in rows]
+            else:
+                lps = token_logprobs(member, seq, first) if n > 1 else np.zeros(0)
+            out[1:] = lps
+            return out
+        toks = list(context_track(member, text).tokens)
+        member_ends = _byte_ends([member.vocab.pieces[t] for t in toks])
+        if not toks or member_ends[0] > ends[0]:  # its first token reaches past the first reference token
+            toks, member_ends = [prefix_token(member), *toks], np.concatenate([[0], member_ends])
+        if len(toks) > member.n_ctx:
+            raise ContextLengthError(
+                f"{member.name}: the prompt is {len(toks)} tokens, more than its {member.n_ctx}-token window"
+            )
+        lps = token_logprobs(member, toks, 1) if len(toks) > 1 else np.zeros(0)
+        where = np.searchsorted(ends, member_ends[1:], side="left")  # the reference token each member token ends in
+        keep = (where >= 1) & (where < n)
+        np.add.at(out, where[keep], lps[keep])
+        return out
+
+    with ensemble.exclusive():
+        steps = np.stack([steps_of(m) for m in ensemble.members])  # members x positions
+    cumulative = np.cumsum(steps, axis=1)
+    prefix = np.array([mixture(cumulative[:, t], ensemble.weights) for t in range(n)])
+    logprobs: list[float | None] = [None] + [float(prefix[t] - prefix[t - 1]) for t in range(1, n)]
+    if single:  # exactly the member's own values, not a difference of sums
+        logprobs = [None] + [float(x) for x in steps[0, 1:]]
+    return PromptLogprobs(ids, pieces, logprobs, top)

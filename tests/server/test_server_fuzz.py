@@ -53,6 +53,7 @@ GOOD = {
     "logprobs": [None, 0, 2, 20],
     "unite": [None, {"explain": True}, {"union": True}],
     "ignore_eos": [False, True],
+    "echo": [False, True],
     "user": ["someone"],
 }
 BAD = {
@@ -69,7 +70,6 @@ BAD = {
     "ignore_eos": ["x", 3],
     "presence_penalty": [0.5, 3, "x"],
     "logit_bias": [{"1": 5}, {"x": "y"}],
-    "echo": [True],
     "suffix": ["!"],
     "best_of": [2, 0],
     "max_tokens": [-1, -(2**40), 2**31, 10**9, 1.5, "2", [], {}],

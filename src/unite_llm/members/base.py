@@ -165,3 +165,26 @@ def token_logprobs(member: Member, tokens: Sequence[int], start: int = 1) -> np.
     for target in range(start, len(tokens)):
         out[target - start] = log_softmax(np.asarray(member.next_logits(tokens[:target])))[tokens[target]]
     return out
+
+
+def token_top_logprobs(member: Member, tokens: Sequence[int], start: int, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`token_logprobs` with each position's ``top`` most probable tokens too:
+    ``(logprobs, top_ids, top_logprobs)``, the last two ``[len(tokens) - start, top]``, best first.
+
+    The server's echoed prompts need them (OpenAI's ``top_logprobs``, lm-eval's ``is_greedy``).
+    A member's ``score(tokens, start, top=n)`` does it in its one pass; others go position by
+    position through ``next_logits``.
+    """
+    scorer = getattr(member, "score", None)
+    if scorer is not None:
+        lps, ids, tlps = scorer(tokens, start, top=top)
+        return np.asarray(lps, dtype=np.float64), np.asarray(ids), np.asarray(tlps, dtype=np.float64)
+    n = len(tokens) - start
+    lps, ids, tlps = np.empty(n), np.zeros((n, top), dtype=np.int64), np.full((n, top), -np.inf)
+    for row, target in enumerate(range(start, len(tokens))):
+        dist = log_softmax(np.asarray(member.next_logits(tokens[:target])))
+        lps[row] = dist[tokens[target]]
+        k = min(top, len(dist))
+        best = np.argsort(-dist, kind="stable")[:k]
+        ids[row, :k], tlps[row, :k] = best, dist[best]
+    return lps, ids, tlps

@@ -258,8 +258,13 @@ class LlamaCppMember:
         self._aligned = end
         self.n_evaluated += n - keep
 
-    def score(self, tokens: Sequence[int], start: int = 1) -> np.ndarray:
+    def score(self, tokens: Sequence[int], start: int = 1, top: int = 0) -> Any:
         """Log-probability of each of ``tokens[start:]`` given the tokens before it.
+
+        With ``top > 0`` also each position's ``top`` most probable tokens:
+        ``(logprobs, top_ids, top_logprobs)``, the last two ``[len - start, top]`` arrays
+        best first (the echoed prompt of the server's ``/v1/completions``); every position
+        is then computed afresh, as the reused log-probabilities carry no alternatives.
 
         One pass with logits requested at every position, in chunks of ``_SCORE_CHUNK``
         so the output buffer stays small (32 x 262k floats for Gemma) instead of the
@@ -284,8 +289,10 @@ class LlamaCppMember:
         lp_all = np.full(n, np.nan)
         lp_all[:same] = self._scored[:same]
         resume = start
-        while resume < same and not np.isnan(lp_all[resume]):
+        while not top and resume < same and not np.isnan(lp_all[resume]):
             resume += 1
+        top_ids = np.zeros((n, top), dtype=np.int64)
+        top_lps = np.full((n, top), -np.inf)
         keep = min(common_prefix(self._context, tokens), resume - 1)
         self.llm._ctx.kv_cache_seq_rm(-1, keep, -1)
         self.llm.n_tokens = keep
@@ -301,17 +308,26 @@ class LlamaCppMember:
             self.n_evaluated += len(batch)
             # One log-softmax over the chunk's rows (llama.cpp keeps them contiguous).
             rows = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.llm.ctx), shape=(len(batch), self._n_vocab))
-            top = rows.max(axis=1, keepdims=True)
-            shifted = rows - top  # one temporary of the chunk's size, exponentiated in place
-            lse = top[:, 0] + np.log(np.exp(shifted, out=shifted).sum(axis=1, dtype=np.float64))
+            peak = rows.max(axis=1, keepdims=True)
+            shifted = rows - peak  # one temporary of the chunk's size, exponentiated in place
+            lse = peak[:, 0] + np.log(np.exp(shifted, out=shifted).sum(axis=1, dtype=np.float64))
             targets = np.arange(pos + 1, pos + 1 + len(batch))
             lp_all[targets] = rows[np.arange(len(batch)), np.asarray(tokens)[targets]] - lse
+            if top:
+                k = min(top, self._n_vocab)
+                best = np.argpartition(-rows, k - 1, axis=1)[:, :k]
+                vals = np.take_along_axis(rows, best, axis=1)
+                order = np.argsort(-vals, axis=1, kind="stable")
+                top_ids[targets, :k] = np.take_along_axis(best, order, axis=1)
+                top_lps[targets, :k] = np.take_along_axis(vals, order, axis=1) - lse[:, None]
             pos += len(batch)
         self.llm.n_tokens = pos
         self.llm.input_ids[:pos] = tokens[:pos]
         self._context = tokens[:pos]
         self._aligned = (n - 1) // chunk * chunk if on_plan else min(self._aligned, keep - keep % PREFILL_CHUNK)
         self._scored_tokens, self._scored = tokens, lp_all
+        if top:
+            return lp_all[start:].copy(), top_ids[start:], top_lps[start:]
         return lp_all[start:].copy()
 
     def token_embeddings(self) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 ``create_app(ensemble, model_name=...)`` returns a FastAPI app with ``/v1/models``,
 ``/v1/completions``, ``/v1/chat/completions`` (plain JSON or server-sent events),
-``/health`` and the token-attribution playground at ``/``.
+``/health``, vLLM's tokenizer routes (``/tokenize``, ``/detokenize``, ``/tokenizer_info``: the
+reference member's tokenizer, what lm-eval's ``tokenizer_backend=remote`` reads) and the
+token-attribution playground at ``/``.
 
 This module is the HTTP shell, as vLLM's ``api_server.py`` is: the scheduler's lifetime,
 the ASGI guards of :mod:`.guards` (body cap, HEAD), the error handlers, and routes of a
@@ -25,14 +27,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..engine import Ensemble
 from ..errors import InvalidConfigError, UniteError
 from .guards import DEFAULT_MAX_REQUEST_BYTES, BodyLimit, HeadAsGet
-from .protocol import ModelCard, ModelList
+from .protocol import DetokenizeResponse, ModelCard, ModelList, TokenizeResponse
 from .scheduler import OverloadedError, Runner, Scheduler, SerialRunner
-from .schemas import ChatCompletionRequest, CompletionRequest
+from .schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from .serving import APIError, OpenAIServing, api_error
 
 STATIC = files("unite_llm") / "server" / "static"
@@ -142,6 +145,18 @@ def create_app(
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Response:
         return await serving.create_chat_completion(req, request)
+
+    @app.post("/tokenize")
+    async def tokenize(req: TokenizeRequest) -> TokenizeResponse:
+        return await run_in_threadpool(serving.tokenize, req)
+
+    @app.post("/detokenize")
+    async def detokenize(req: DetokenizeRequest) -> DetokenizeResponse:
+        return serving.detokenize(req)
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> dict[str, Any]:
+        return serving.tokenizer_info()
 
     @app.get("/", include_in_schema=False)
     async def playground() -> FileResponse:

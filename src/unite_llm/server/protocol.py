@@ -122,7 +122,8 @@ class CompletionLogprobs(OpenAIBaseModel):
     """OpenAI's legacy completions ``logprobs`` object (ensemble probabilities)."""
 
     tokens: list[str]
-    token_logprobs: list[float]
+    token_logprobs: list[float | None]
+    """None for an echoed prompt's first token (nothing precedes it)."""
     top_logprobs: list[dict[str, float]] | None
     """None when the request asked for ``logprobs=0``."""
     text_offset: list[int]
@@ -232,3 +233,16 @@ class ChatCompletionStreamResponse(OpenAIBaseModel):
     choices: list[ChatCompletionStreamChoice]
     unite: StreamUnite | None = None
     usage: Usage | None = None
+
+
+class TokenizeResponse(OpenAIBaseModel):
+    """``POST /tokenize``: the reference member's tokens (vLLM's shape)."""
+
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeResponse(OpenAIBaseModel):
+    prompt: str

@@ -8,7 +8,7 @@ extras of our own: ``unite`` (ask for per-step union sizes and member probabilit
 and ``ignore_eos`` (vLLM's name, for benchmarks that need a fixed length).
 
 Type and range problems are pydantic's job and come back as 422; settings that are
-valid JSON but that this server cannot honour (``n > 1``, token-id prompts, ``echo``)
+valid JSON but that this server cannot honour (``n > 1``, ``suffix``, ``echo`` with a stream)
 are checked in :mod:`.serving` and come back as 400 naming the parameter.
 """
 
@@ -103,3 +103,23 @@ class ChatCompletionRequest(_Common):
     max_completion_tokens: int | None = Field(None, ge=0)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+
+
+class TokenizeRequest(BaseModel):
+    """``POST /tokenize`` (vLLM's route; lm-eval's ``tokenizer_backend=remote`` uses it)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    prompt: str
+    add_special_tokens: bool = True
+    """Add the reference member's BOS, as its tokenizer does for a new text (if it has one)."""
+
+
+class DetokenizeRequest(BaseModel):
+    """``POST /detokenize``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    tokens: list[int]

@@ -8,6 +8,13 @@ of server-sent events ending ``data: [DONE]``.  The bodies are the models of
 :mod:`.protocol`.  A bad request so costs no generation time and gets a proper HTTP status
 (:class:`APIError`) rather than an error in the middle of a stream.
 
+``echo`` returns the prompt's own tokens and log-probabilities before the completion's
+(OpenAI's legacy shape, what lm-evaluation-harness's ``local-completions`` reads for
+log-likelihood tasks): the prompt in the *reference* member's tokens (the primary, else the
+first member; the same tokenizer behind ``/tokenize``, ``/detokenize`` and
+``/tokenizer_info``, vLLM's routes, and behind token-id prompts), each token's value from
+:func:`~unite_llm.loglik.prompt_logprobs` (for one member exactly its own).
+
 The END step is told apart by its flag (``StepRecord.end``, and ``end`` on each union
 entry), never by its text: a real piece of text that reads ``<END>`` is an output token
 like any other and counts in ``usage`` and ``logprobs``.
@@ -32,6 +39,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..engine import Ensemble, GenerationOutput, StepRecord, StreamChunk
 from ..errors import ContextLengthError, ModelNotFoundError, UniteError
+from ..loglik import PromptLogprobs, context_track, prompt_logprobs, reference_member
 from ..prompts import Prompt, start_track
 from ..sampling import GenerationConfig
 from .protocol import (
@@ -48,18 +56,20 @@ from .protocol import (
     CompletionResponseChoice,
     CompletionStreamResponse,
     DeltaMessage,
+    DetokenizeResponse,
     ErrorBody,
     ErrorDetail,
     FinishReason,
     ModelCard,
     ModelList,
     StreamUnite,
+    TokenizeResponse,
     UniteBlock,
     UniteChoice,
     Usage,
 )
 from .scheduler import Job, OverloadedError, Scheduler
-from .schemas import ChatCompletionRequest, CompletionRequest, UniteOptions, _Common
+from .schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest, UniteOptions, _Common
 
 log = logging.getLogger("unite_llm.server")
 
@@ -147,6 +157,50 @@ def completion_logprobs(steps: Sequence[StepRecord], n_top: int, offset: int = 0
         offsets.append(offset)
         offset += len(s.chosen)
     return CompletionLogprobs(tokens=tokens, token_logprobs=lps, top_logprobs=tops if n_top else None, text_offset=offsets)
+
+
+def echo_logprobs(echo: PromptLogprobs, pieces: Sequence[bytes], n_top: int) -> CompletionLogprobs:
+    """The ``logprobs`` object of an echoed prompt, in the reference member's tokens (``pieces``
+    spells its vocabulary).  ``top_logprobs`` holds the member's own alternatives for a one-member
+    model; an ensemble's prompt positions hold the echoed token alone (see :mod:`unite_llm.loglik`)."""
+
+    def spell(piece: bytes) -> str:
+        """A token's text; part of a UTF-8 character as OpenAI writes it (``bytes:\\xe4\\xbd``)."""
+        try:
+            return piece.decode("utf-8")
+        except UnicodeDecodeError:
+            return "bytes:" + "".join(f"\\x{b:02x}" for b in piece)
+
+    text = b"".join(echo.pieces)
+    tokens, offsets, at = [], [], 0
+    for piece in echo.pieces:
+        tokens.append(spell(piece))
+        offsets.append(len(text[:at].decode("utf-8", errors="ignore")))
+        at += len(piece)
+    tops: list[dict[str, float]] | None = None
+    if n_top:
+        tops = []
+        for t, (token, lp) in enumerate(zip(tokens, echo.logprobs)):
+            entry: dict[str, float] = {}
+            if echo.top is not None:
+                entry = {spell(pieces[i]): v for i, v in list(echo.top[t].items())[:n_top]}
+            if lp is not None:
+                entry.setdefault(token, lp)
+            tops.append(entry)
+    return CompletionLogprobs(tokens=tokens, token_logprobs=list(echo.logprobs), top_logprobs=tops, text_offset=offsets)
+
+
+def join_logprobs(head: CompletionLogprobs, tail: CompletionLogprobs) -> CompletionLogprobs:
+    """The echoed prompt's logprobs followed by the completion's (offsets continue)."""
+    tops = None
+    if head.top_logprobs is not None and tail.top_logprobs is not None:
+        tops = head.top_logprobs + tail.top_logprobs
+    return CompletionLogprobs(
+        tokens=head.tokens + tail.tokens,
+        token_logprobs=head.token_logprobs + tail.token_logprobs,
+        top_logprobs=tops,
+        text_offset=head.text_offset + tail.text_offset,
+    )
 
 
 def chat_logprobs(steps: Sequence[StepRecord], n_top: int) -> ChatLogprobs:
@@ -276,24 +330,39 @@ class OpenAIServing:
         if req.stream_options is not None and not req.stream:
             raise APIError(400, "stream_options needs stream=true", param="stream_options")
 
-    def check_completion(self, req: CompletionRequest) -> list[str]:
-        """The request's prompts, after :meth:`check_common` and the completion-only checks."""
+    def check_completion(self, req: CompletionRequest) -> list[tuple[Prompt, list[int] | None]]:
+        """The request's prompts, after :meth:`check_common` and the completion-only checks:
+        each as text, with its token ids when it came as ids (the reference member's)."""
         self.check_common(req)
-        if req.echo:
-            raise unsupported("echo is not supported", "echo")
+        if req.echo and req.stream:
+            raise unsupported("echo is not supported with stream=true", "echo")
         if req.suffix:
             raise unsupported("suffix is not supported", "suffix")
         if req.best_of not in (None, 1):
             raise unsupported("best_of > 1 is not supported", "best_of")
-        prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
-        if not prompts:
+        raw = req.prompt
+        if isinstance(raw, str):
+            entries: list[str | list[int]] = [raw]
+        elif raw and all(isinstance(x, int) for x in raw):
+            entries = [[int(x) for x in raw if isinstance(x, int)]]
+        else:
+            entries = [e if isinstance(e, str) else [int(x) for x in e] for e in raw if isinstance(e, str | list)]
+        if not entries:
             raise APIError(400, "prompt must not be an empty list", param="prompt")
-        texts = [p for p in prompts if isinstance(p, str)]
-        if len(texts) != len(prompts):
-            raise unsupported("token-id prompts are not supported: the members have different tokenizers; send text", "prompt")
-        if req.stream and len(texts) > 1:
+        if req.stream and len(entries) > 1:
             raise APIError(400, "stream=true takes one prompt, not a list", param="prompt")
-        return texts
+        return [(e, None) if isinstance(e, str) else (self.detokenize_ids(e, "prompt"), e) for e in entries]
+
+    def detokenize_ids(self, ids: Sequence[int], param: str) -> bytes:
+        """Token ids of the reference member as the bytes they spell (400 for an id out of range)."""
+        ref = reference_member(self.ensemble)
+        n = len(ref.vocab)
+        bad = [t for t in ids if not 0 <= t < n]
+        if bad:
+            raise APIError(400, f"token id {bad[0]} is out of range for {ref.name}'s vocabulary (0..{n - 1})", param=param)
+        if not ids:
+            raise APIError(400, "a token-id prompt must not be empty", param=param)
+        return ref.vocab.decode(ids)
 
     def check_chat(self, req: ChatCompletionRequest) -> None:
         self.check_common(req)
@@ -350,7 +419,8 @@ class OpenAIServing:
 
     async def create_completion(self, req: CompletionRequest, request: Request) -> Response:
         """``POST /v1/completions``: a :class:`CompletionResponse`, or a stream of :class:`CompletionStreamResponse`."""
-        prompts = self.check_completion(req)
+        entries = self.check_completion(req)
+        prompts = [p for p, _ in entries]
         config = self.gen_config(req, req.max_tokens)
         for p in prompts:
             await run_in_threadpool(self.prompt_tokens, p, False, req.max_tokens, "prompt")
@@ -360,7 +430,66 @@ class OpenAIServing:
         outputs = await collect_all(jobs, request)
         if outputs is None:
             return Response(status_code=499)
-        return JSONResponse(self.completion_response(outputs, req).model_dump())
+        echoes = None
+        if req.echo:
+            n_top = req.logprobs or 0
+            echoes = [await run_in_threadpool(self.echo, p, ids, n_top) for p, ids in entries]
+        return JSONResponse(self.completion_response(outputs, req, echoes).model_dump())
+
+    def echo(self, prompt: Prompt, ids: list[int] | None, n_top: int) -> tuple[bytes, PromptLogprobs]:
+        """The prompt's bytes and its per-token log-probabilities in the reference member's tokens."""
+        ref = reference_member(self.ensemble)
+        if ids is None:
+            data = prompt if isinstance(prompt, bytes) else str(prompt).encode("utf-8")
+            ids = list(context_track(ref, data).tokens)
+        try:
+            return ref.vocab.decode(ids), prompt_logprobs(self.ensemble, ids, n_top)
+        except ContextLengthError as err:
+            raise APIError(400, str(err), param="prompt", code="context_length_exceeded") from None
+
+    # -- the tokenizer (vLLM's routes) ---------------------------------------------------
+
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model != self.model_name:
+            raise model_not_found(model, self.model_name)
+
+    def tokenize(self, req: TokenizeRequest) -> TokenizeResponse:
+        """``POST /tokenize``: the prompt in the reference member's tokens (special tokens parsed)."""
+        self.check_model(req.model)
+        ref = reference_member(self.ensemble)
+        data = req.prompt.encode("utf-8")
+        if req.add_special_tokens:
+            ids = list(context_track(ref, data).tokens)
+        else:
+            ids = ref.tokenize(data, add_bos=False, special=True) if data else []
+        pieces = ref.vocab.pieces
+        return TokenizeResponse(
+            count=len(ids),
+            max_model_len=min(m.n_ctx for m in self.ensemble.members),
+            tokens=ids,
+            token_strs=[pieces[t].decode("utf-8", errors="replace") for t in ids],
+        )
+
+    def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
+        """``POST /detokenize``: what the reference member's tokens spell."""
+        self.check_model(req.model)
+        if not req.tokens:
+            return DetokenizeResponse(prompt="")
+        return DetokenizeResponse(prompt=self.detokenize_ids(req.tokens, "tokens").decode("utf-8", errors="replace"))
+
+    def tokenizer_info(self) -> dict[str, Any]:
+        """``GET /tokenizer_info``: the reference member's special tokens and chat template."""
+        ref = reference_member(self.ensemble)
+        return {
+            "tokenizer_class": f"unite:{ref.name}",
+            "member": ref.name,
+            "bos_token": ref.bos_text or None,
+            "eos_token": ref.eos_text or None,
+            "pad_token": None,
+            "chat_template": ref.chat_template,
+            "model_max_length": min(m.n_ctx for m in self.ensemble.members),
+            "vocab_size": len(ref.vocab),
+        }
 
     async def create_chat_completion(self, req: ChatCompletionRequest, request: Request) -> Response:
         """``POST /v1/chat/completions``: a :class:`ChatCompletionResponse`, or a stream of chunks."""
@@ -395,21 +524,34 @@ class OpenAIServing:
             ],
         )
 
-    def completion_response(self, outputs: Sequence[GenerationOutput], req: CompletionRequest) -> CompletionResponse:
+    def completion_response(
+        self,
+        outputs: Sequence[GenerationOutput],
+        req: CompletionRequest,
+        echoes: Sequence[tuple[bytes, PromptLogprobs]] | None = None,
+    ) -> CompletionResponse:
         n_top = req.logprobs
+        pieces = reference_member(self.ensemble).vocab.pieces
+        choices = []
+        for i, o in enumerate(outputs):
+            text = o.text
+            logprobs = completion_logprobs(o.steps, n_top) if n_top is not None else None
+            if echoes is not None:
+                data, echo = echoes[i]
+                prompt_text = data.decode("utf-8", errors="replace")
+                text = prompt_text + text
+                if logprobs is not None:
+                    head = echo_logprobs(echo, pieces, n_top or 0)
+                    tail = completion_logprobs(o.steps, n_top or 0, offset=len(prompt_text))
+                    logprobs = join_logprobs(head, tail)
+            choices.append(
+                CompletionResponseChoice(index=i, text=text, logprobs=logprobs, finish_reason=FinishReason(o.finish_reason))
+            )
         return CompletionResponse(
             id=new_id("cmpl"),
             created=int(time.time()),
             model=self.model_name,
-            choices=[
-                CompletionResponseChoice(
-                    index=i,
-                    text=o.text,
-                    logprobs=completion_logprobs(o.steps, n_top) if n_top is not None else None,
-                    finish_reason=FinishReason(o.finish_reason),
-                )
-                for i, o in enumerate(outputs)
-            ],
+            choices=choices,
             usage=usage_of(outputs),
             unite=self.unite_block(outputs, req.unite or UniteOptions()),
         )
