@@ -16,14 +16,13 @@ import math
 from pathlib import Path
 
 import httpx
-import llama_cpp
 import numpy as np
 import pytest
+from tests.test_lm_eval_model import Reference
 
 from unite_llm.engine import Ensemble
 from unite_llm.loglik import context_track, member_loglik, mixture
 from unite_llm.members.base import log_softmax, token_logprobs
-from unite_llm.models import resolve_gguf
 
 TASKS = Path(__file__).resolve().parents[1] / "data" / "lm_eval"
 PROMPTS = [
@@ -33,23 +32,15 @@ PROMPTS = [
 ]
 
 
-def llama_reference(tokens: list[int]) -> list[np.ndarray]:
-    """llama.cpp by itself (SmolLM2, logits at every position, batches of 32 from position 0
-    as the member's scorer evaluates a cold sequence): the log-softmax after each token."""
-    llm = llama_cpp.Llama(
-        model_path=str(resolve_gguf("smollm2-135m-instruct")),
-        n_ctx=256,
-        n_batch=32,
-        n_threads=1,
-        n_threads_batch=1,
-        logits_all=True,
-        verbose=False,
-    )
+def llama_reference(smol, tokens: list[int]) -> list[np.ndarray]:
+    """llama.cpp by itself (SmolLM2, logits at every position, batched as the member's scorer
+    evaluates a cold sequence): the log-softmax after each token."""
+    ref = Reference("smollm2-135m-instruct", smol)
     try:
-        llm.eval(tokens)
-        return [log_softmax(np.asarray(row, dtype=np.float64)) for row in llm.scores[: len(tokens)]]
+        ref.llm.eval(tokens)
+        return [log_softmax(np.asarray(row, dtype=np.float64)) for row in ref.llm.scores[: len(tokens)]]
     finally:
-        llm.close()
+        ref.close()
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +76,7 @@ def test_one_member_echo_is_the_members_own(solo, smol, text):
     assert len(lp["token_logprobs"]) == len(ids) and lp["token_logprobs"][0] is None
     # Conditioned as the ensemble prompts SmolLM2: on BOS if its tokenizer adds one (it does not).
     head = smol.tokenize(text.encode(), add_bos=True, special=True)[: -len(ids)]
-    dists = llama_reference([*head, *ids])[len(head) : len(head) + len(ids) - 1]  # the rows that predict ids[1:]
+    dists = llama_reference(smol, [*head, *ids])[len(head) : len(head) + len(ids) - 1]  # the rows that predict ids[1:]
     want = [d[i] for d, i in zip(dists, ids[1:])]
     np.testing.assert_allclose(lp["token_logprobs"][1:], want, atol=1e-4)
     for t, dist in enumerate(dists, start=1):
