@@ -33,6 +33,11 @@ context (``n_ctx - 1`` tokens) rolling over a longer text; the ensemble's is aga
 mixture of the members' whole-text probabilities.  :func:`greedy_reproduces` says whether
 the ensemble's own greedy decode of the context begins with the continuation
 (lm-eval's ``is_greedy``).
+
+:func:`prompt_logprobs` is the server's ``echo``: per-token log-probabilities of a prompt in
+one member's tokens, for the same mixture read as a joint distribution over texts (its sums
+over a continuation are the mixture's Bayesian conditional; see the function and
+``docs/lm_eval.md``).
 """
 
 from __future__ import annotations

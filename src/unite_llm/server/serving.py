@@ -534,16 +534,11 @@ class OpenAIServing:
         pieces = reference_member(self.ensemble).vocab.pieces
         choices = []
         for i, o in enumerate(outputs):
-            text = o.text
-            logprobs = completion_logprobs(o.steps, n_top) if n_top is not None else None
-            if echoes is not None:
-                data, echo = echoes[i]
-                prompt_text = data.decode("utf-8", errors="replace")
-                text = prompt_text + text
-                if logprobs is not None:
-                    head = echo_logprobs(echo, pieces, n_top or 0)
-                    tail = completion_logprobs(o.steps, n_top or 0, offset=len(prompt_text))
-                    logprobs = join_logprobs(head, tail)
+            prompt_text = echoes[i][0].decode("utf-8", errors="replace") if echoes is not None else ""
+            text = prompt_text + o.text
+            logprobs = completion_logprobs(o.steps, n_top, offset=len(prompt_text)) if n_top is not None else None
+            if echoes is not None and logprobs is not None:
+                logprobs = join_logprobs(echo_logprobs(echoes[i][1], pieces, n_top or 0), logprobs)
             choices.append(
                 CompletionResponseChoice(index=i, text=text, logprobs=logprobs, finish_reason=FinishReason(o.finish_reason))
             )
