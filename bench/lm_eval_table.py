@@ -3,7 +3,14 @@
 Reads one lm-eval run of the ``unite`` model over several members, made with
 ``--log_samples`` (the per-document requests and the gold answer) and the model's
 ``scores_file`` (every member's log-likelihood of every request), and writes
-``FOLDER/table.md`` and ``FOLDER/summary.json``.
+``FOLDER/items/<task>.jsonl``, ``FOLDER/table.md`` and ``FOLDER/summary.json``.
+
+The run's own files (``scores.jsonl``, ``lm_eval_out/``) hold the benchmarks' texts, so they
+stay local (``.gitignore``): the datasets are never copied into the repository.
+``items/<task>.jsonl`` keeps what the table needs and no text (per document: lm-eval's doc id
+and hash, the gold index, each choice's length in characters, every member's log-likelihood of
+every choice, and lm-eval's logged ``acc``/``acc_norm`` of the run's ensemble). Without the run's
+files the table is rebuilt from ``items/`` alone.
 
 The ensemble's log-likelihood of a continuation is the mixture of its members'
 (``docs/lm_eval.md``), and a one-member ensemble's is exactly that member's, so one run over
@@ -72,38 +79,83 @@ def latest_samples(folder: Path, task: str) -> Path | None:
     return found[-1] if found else None
 
 
-def table(folder: Path) -> dict[str, Any]:
-    members, scores = load_scores(folder / "scores.jsonl")
-    systems: list[tuple[str, ...]] = [(m,) for m in members]
-    systems += [(members[0], m) for m in members[1:]]  # the primary with each other member
-    if len(members) > 2:
-        systems.append(tuple(members))
-    summary: dict[str, Any] = {"members": members, "tasks": {}}
+def compact(folder: Path) -> None:
+    """Write ``items/<task>.jsonl`` from the run's scores file and lm-eval's logged samples."""
+    scores_path = folder / "scores.jsonl"
+    if not scores_path.is_file():
+        return
+    members, scores = load_scores(scores_path)
     for task in NAMES:
         path = latest_samples(folder, task)
         if path is None:
             continue
         with path.open(encoding="utf-8") as f:
-            samples = [json.loads(line) for line in f if line.strip()]
-        samples.sort(key=lambda s: s["doc_id"])
-        correct: dict[tuple[str, ...], dict[str, list[bool]]] = {s: {"acc": [], "acc_norm": []} for s in systems}
-        logged: list[bool] = []
+            samples = sorted((json.loads(line) for line in f if line.strip()), key=lambda s: s["doc_id"])
+        rows = []
         for sample in samples:
             reqs = requests_of(sample)
-            lls = np.stack([scores[r] for r in reqs])  # choices x members
-            gold = int(sample["target"])
-            lengths = np.array([float(len(c[1:] if c.startswith(" ") else c)) for _, c in reqs])
+            missing = [r for r in reqs if r not in scores]
+            if missing:
+                raise SystemExit(f"{task}: document {sample['doc_id']} has requests that {scores_path} lacks")
+            rows.append(
+                {
+                    "doc_id": sample["doc_id"],
+                    "doc_hash": sample["doc_hash"],
+                    "target": int(sample["target"]),
+                    # lm-eval's acc_norm divides by the choice's length; the continuation is the
+                    # choice after lm-eval's target delimiter (one space).
+                    "choice_chars": [len(c[1:] if c.startswith(" ") else c) for _, c in reqs],
+                    "member_logliks": [scores[r].tolist() for r in reqs],
+                    "logged": {m: float(sample[m]) for m in ("acc", "acc_norm") if m in sample},
+                }
+            )
+        out = folder / "items" / f"{task}.jsonl"
+        out.parent.mkdir(exist_ok=True)
+        with out.open("w", encoding="utf-8") as f:
+            f.write(json.dumps({"members": members, "samples": str(path.relative_to(folder))}) + "\n")
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+
+
+def load_items(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    with path.open(encoding="utf-8") as f:
+        head = json.loads(f.readline())
+        return head["members"], [json.loads(line) for line in f if line.strip()]
+
+
+def table(folder: Path) -> dict[str, Any]:
+    compact(folder)
+    summary: dict[str, Any] = {"members": None, "tasks": {}}
+    for task in NAMES:
+        path = folder / "items" / f"{task}.jsonl"
+        if not path.is_file():
+            continue
+        members, items = load_items(path)
+        if summary["members"] is None:
+            summary["members"] = members
+        elif summary["members"] != members:
+            raise SystemExit(f"{path}: members {members}, other tasks {summary['members']}")
+        systems: list[tuple[str, ...]] = [(m,) for m in members]
+        systems += [(members[0], m) for m in members[1:]]  # the primary with each other member
+        if len(members) > 2:
+            systems.append(tuple(members))
+        correct: dict[tuple[str, ...], dict[str, list[bool]]] = {s: {"acc": [], "acc_norm": []} for s in systems}
+        everyone = tuple(members)
+        for item in items:
+            lls = np.asarray(item["member_logliks"], dtype=np.float64)  # choices x members
+            lengths = np.asarray(item["choice_chars"], dtype=np.float64)
+            gold = item["target"]
             for system in systems:
                 idx = [members.index(m) for m in system]
                 w = np.full(len(idx), 1.0 / len(idx))
                 mix = np.array([mixture(row[idx], w) for row in lls])
                 correct[system]["acc"].append(int(np.argmax(mix)) == gold)
                 correct[system]["acc_norm"].append(int(np.argmax(mix / lengths)) == gold)
-            logged.append(bool(sample["acc"]))
-        everyone = tuple(members)
-        if correct[everyone]["acc"] != logged:
-            bad = sum(a != b for a, b in zip(correct[everyone]["acc"], logged))
-            raise SystemExit(f"{task}: recomputed accuracy of the run's ensemble differs from lm-eval's on {bad} items")
+        for metric in ("acc", "acc_norm"):  # this script's rules must reproduce lm-eval's own
+            logged = [bool(item["logged"][metric]) for item in items if metric in item["logged"]]
+            if logged and correct[everyone][metric] != logged:
+                bad = sum(a != b for a, b in zip(correct[everyone][metric], logged))
+                raise SystemExit(f"{task}: recomputed {metric} of the run's ensemble differs from lm-eval's on {bad} items")
         rows = {}
         for system in systems:
             row: dict[str, Any] = {}
@@ -117,7 +169,9 @@ def table(folder: Path) -> dict[str, Any]:
             for system in systems[len(members) :]:
                 diff, ci = paired_difference(correct[system][metric], correct[(best,)][metric])
                 rows[short(system)][metric]["vs_best"] = {"best": SHORT.get(best, best), "diff": diff, "ci95": ci}
-        summary["tasks"][task] = {"n": len(samples), "samples": str(path.relative_to(folder)), "systems": rows}
+        summary["tasks"][task] = {"n": len(items), "items": str(path.relative_to(folder)), "systems": rows}
+    if not summary["tasks"]:
+        raise SystemExit(f"{folder}: no scores.jsonl with lm-eval samples, and no items/*.jsonl")
     return summary
 
 
