@@ -10,8 +10,10 @@ counts as dropped or corrupted.
 
 Reported: requests completed, errors, dropped, corrupted, latency and time to first
 token (p50 / p95, seconds, measured by the client), completion tokens per second over
-the load phase.  With llama.cpp members the server has one worker, so TTFT grows with
-the queue: the numbers show the cost of serialising, not a bug.
+the load phase.  The server runs ``--max-batch 1`` by default (one request at a time), where a
+streamed text must equal the reference exactly; with ``--max-batch N`` (continuous batching) a
+text can also differ by kernel rounding in a near-tie, so this script's "corrupted" count then
+mixes the two (``bench/bench_batching.py`` measures batching itself).
 
     .venv/bin/python bench/bench_server.py --clients 32 --requests 1 --max-tokens 16 --out bench/results/server.json
 """
@@ -71,7 +73,9 @@ class Result:
     ids: set[str] = field(default_factory=set)
 
 
-async def one_request(http: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int, res: Result) -> None:
+async def one_request(
+    http: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int, res: Result, *, ignore_eos: bool = False
+) -> None:
     body = {
         "model": model,
         "prompt": prompt,
@@ -79,6 +83,7 @@ async def one_request(http: httpx.AsyncClient, url: str, model: str, prompt: str
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
+        "ignore_eos": ignore_eos,
     }
     t0 = time.perf_counter()
     try:
@@ -122,7 +127,7 @@ async def load(url: str, model: str, texts: list[str], args: argparse.Namespace)
             p = (c + r * args.clients) % len(texts)
             res = Result(client=c, prompt=p)
             results.append(res)
-            await one_request(http, url, model, texts[p], args.max_tokens, res)
+            await one_request(http, url, model, texts[p], args.max_tokens, res, ignore_eos=getattr(args, "ignore_eos", False))
 
     async with httpx.AsyncClient(timeout=httpx.Timeout(args.time_limit), limits=limits) as http:
         t0 = time.perf_counter()
@@ -147,13 +152,14 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=1200.0, help="seconds for the whole load phase")
     ap.add_argument("--n-ctx", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=None, help="CPU threads per member (default: all cores)")
+    ap.add_argument("--max-batch", type=int, default=1, help="the server's --max-batch (1: one request at a time)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "server.json")
     args = ap.parse_args()
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-c", "from unite_llm.cli import main; main()", "serve", "--port", str(port)]
-    cmd += ["--n-ctx", str(args.n_ctx), "--max-queue", str(max(64, args.clients * 2))]
+    cmd += ["--n-ctx", str(args.n_ctx), "--max-queue", str(max(64, args.clients * 2)), "--max-batch", str(args.max_batch)]
     cmd += ["--threads", str(args.threads)] if args.threads else []
     log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty server can never block on it
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
@@ -220,7 +226,8 @@ def main() -> None:
             "cpu_count": os.cpu_count(),
             "load_average_at_start": [round(x, 2) for x in load_avg],
             "python": platform.python_version(),
-            "note": "one worker thread (llama.cpp members keep one KV cache each), so requests are served one at a time",
+            "max_batch": args.max_batch,
+            "note": "one worker thread; --max-batch 1 serves one request at a time, more decode together",
         },
         "requests_sent": len(results),
         "completed": len(ok),

@@ -170,3 +170,18 @@ def test_changed_items_are_refused_and_overwrite_reruns_only_them(custom_task: P
     assert after[changed]["gold"] == "Lyon" and after[changed]["correct"] is False
     (kept,) = set(first) - {changed}
     assert after[kept] == first[kept]
+
+
+def test_batch_size_gives_the_same_answers_and_resumes_a_run_of_batch_one(custom_task: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    one, four = tmp_path / "one", tmp_path / "four"
+    subprocess.run(_cmd(custom_task, one), check=True, env=env, capture_output=True, timeout=300)
+    # Half the items at batch size 1, the rest resumed at batch size 4 (not a setting of the results).
+    subprocess.run([*_cmd(custom_task, four), "--limit", "3"], check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run([*_cmd(custom_task, four), "--batch-size", "4"], check=True, env=env, capture_output=True, timeout=300)
+    rows = lambda out: [json.loads(x) for x in (out / "capitals" / "smollm2-135m-instruct.jsonl").read_text().splitlines()]  # noqa: E731
+    assert sorted(r["id"] for r in rows(four)) == sorted(c for c, _ in CAPITALS)
+    assert {r["id"]: r["output"] for r in rows(four)} == {r["id"]: r["output"] for r in rows(one)}
+    assert _summary(four) == _summary(one)
+    bad = subprocess.run([*_cmd(custom_task, four), "--batch-size", "0"], env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--batch-size must be >= 1" in bad.stderr and "Traceback" not in bad.stderr

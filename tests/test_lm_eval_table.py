@@ -54,5 +54,5 @@ def test_a_recomputed_accuracy_that_differs_from_lm_eval_s_is_refused(tmp_path: 
     row = json.loads(first)
     row["logged"]["acc"] = 1.0 - row["logged"]["acc"]
     path.write_text("\n".join([head, json.dumps(row), *rest]) + "\n", encoding="utf-8")
-    with pytest.raises(SystemExit, match="unite_piqa: recomputed acc .* on 1 items"):
+    with pytest.raises(SystemExit, match=r"unite_piqa: recomputed acc .* on 1 items"):
         script().table(tmp_path)

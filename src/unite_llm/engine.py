@@ -32,7 +32,7 @@ from typing import Any, Protocol, cast, overload
 import numpy as np
 
 from .errors import InvalidConfigError
-from .members import Member, forward_rows, load_member, split_spec, supports_batch
+from .members import Member, batch_rows, forward_rows, load_member, split_spec, supports_batch
 from .members.base import reset_cache, start_sequence
 from .methods import make_method
 from .methods.base import END, BatchView, MemberScores, StepDistribution, StepMethod, candidate_text
@@ -230,6 +230,7 @@ class Ensemble:
         ray_address: str | None = None,
         prefix_cache: bool = True,
         chat_templates: Mapping[str, str] | None = None,
+        n_seq: int | None = None,
         **member_options: Any,
     ) -> Ensemble:
         """Load members from spec strings (``.gguf`` paths, aliases, ``prefix:...``).
@@ -242,6 +243,8 @@ class Ensemble:
         which is history-independent either way, only slower).
         ``chat_templates`` forces a chat template on members that lack one (``{"gemma3-270m":
         "gemma"}``: a builtin name, a Jinja file or Jinja text; keys are member names or specs).
+        ``n_seq`` is how many sequences each in-process llama.cpp member decodes together
+        (:meth:`generate_batch`, ``unite serve --max-batch``; default 1: row by row).
         """
         make_method(method, k=k)  # validate settings before the slow part
         if ray_address is not None:
@@ -253,6 +256,8 @@ class Ensemble:
         split: dict[str, Any] = {}
         if parallel and len(local) > 1 and member_options.get("n_threads") is None:
             split = {"n_threads": max(1, (os.cpu_count() or 1) // len(local))}  # one core budget each
+        if n_seq is not None:
+            split["n_seq"] = n_seq
         t0 = time.perf_counter()
         members: list[Member] = []
         try:
@@ -363,25 +368,33 @@ class Ensemble:
     ) -> list[GenerationOutput]:
         """Generate every prompt; each output equals ``generate`` on that prompt alone.
 
-        When every member can score a batch in one pass (``next_logits_batch``, e.g.
-        transformers members) the rows decode together, one forward pass per member per
-        step; otherwise (a llama.cpp member holds one KV sequence) the same loop runs each
-        prompt as a batch of one.
+        When every member can score a batch in one pass (``next_logits_batch``: transformers
+        members, llama.cpp members loaded with ``n_seq > 1``) up to :attr:`max_batch` rows decode
+        together, one forward pass per member per step.  Where every member takes a joining row
+        without re-evaluating the others (``cheap_joins``: llama.cpp), the next prompt joins as
+        soon as a row finishes; otherwise the prompts go in groups of :attr:`max_batch`.  Without
+        batching members the same loop runs each prompt as a batch of one.  Batched kernels round
+        differently, so "equals" holds up to rounding of the logits, which can flip a near-tie
+        (measured in ``bench/results/batching.json``).
         """
         config = _config(config, kwargs)
         with self.exclusive():
             if self.method.response_level:
                 method = cast(ResponseLevel, self.method)
                 return [method.generate(self, p, config, chat=chat) for p in prompts]
-            if len(prompts) > 1 and all(supports_batch(m) for m in self.members):
-                groups = [list(prompts)]
-            else:
-                groups = [[p] for p in prompts]
+            size = self.max_batch if len(prompts) > 1 else 1
+            joins = size > 1 and all(getattr(m, "cheap_joins", False) for m in self.members)
+            tracks = [self.start_tracks(p, chat=chat) for p in prompts]  # every prompt is valid before any member forgets
+            batch = DecodeBatch(self, batched=size > 1)
+            index: dict[int, int] = {}  # row id -> prompt
             outputs: dict[int, GenerationOutput] = {}
-            for start, group in zip(itertools.accumulate([0] + [len(g) for g in groups]), groups):
-                for r, chunk in self._decode(group, config, chat=chat, batched=len(group) > 1):
-                    if chunk.output is not None:
-                        outputs[start + r] = chunk.output
+            pending = list(range(len(prompts)))
+            while pending or batch:
+                if joins or not batch:  # fill the free rows (without cheap joins: only an empty batch)
+                    while pending and len(batch) < size:
+                        i = pending.pop(0)
+                        index[batch.add(tracks[i], config)] = i
+                outputs.update({index[r]: c.output for r, c in batch.step() if c.output is not None})
             return [outputs[i] for i in range(len(prompts))]
 
     @contextmanager
@@ -511,91 +524,166 @@ class Ensemble:
     def _decode(
         self, prompts: Sequence[Prompt], config: GenerationConfig, *, chat: bool, batched: bool
     ) -> Iterator[tuple[int, StreamChunk]]:
-        """The decode loop, once for every caller: ``(row, chunk)`` for each prompt's text
+        """The decode loop for a fixed set of prompts: ``(row, chunk)`` for each prompt's text
         as it becomes safe to show, and one final chunk per row carrying its output.
 
         ``batched``: the rows share each member's forward pass (members with
         ``next_logits_batch``); otherwise there is exactly one row.
         """
         assert batched or len(prompts) == 1, "an unbatched decode runs one prompt"
-        n = len(self.members)
-        stops = StopStrings(config.stop)
-        rows = [_Row([start_track(m, p, chat=chat) for m in self.members], config, self.weights, self.load_s) for p in prompts]
-        for m in self.members:  # the prompts are valid: the members may now forget or keep their caches
-            if not self.prefix_cache:
-                reset_cache(m)
-            start_sequence(m)  # the prompt is evaluated by a plan that depends on it alone
-        for row in rows:
-            row.prompt_tokens = {m.name: len(t) for m, t in zip(self.members, row.tracks)}
-            if self.method.needs_prepare:  # set-up that needs the members or the prompt
-                t0 = time.perf_counter()
-                weights = self.method.prepare(self.members, row.tracks, self.primary)
-                if weights is not None:  # this generation's own weights (PackLLM)
-                    row.weights = _checked_weights(weights, n, self.method.name)
-                row.timing.prepare_s = time.perf_counter() - t0
-        base = next(_calls) << 32  # batch row names, unique per call (see BatchMember)
+        batch = DecodeBatch(self, batched=batched)
+        tracks = [self.start_tracks(p, chat=chat) for p in prompts]  # every prompt is valid before any member forgets
+        for t in tracks:
+            batch.add(t, config)
+        while batch:
+            yield from batch.step()
 
-        def forward(active: list[int]) -> list[Any]:
-            if not batched:
-                return self._forward([t.tokens for t in rows[active[0]].tracks])
-            contexts = [[rows[r].tracks[i].tokens for r in active] for i in range(n)]
-            return self._forward(contexts, rows=[base + r for r in active])
+    def start_tracks(self, prompt: Prompt, *, chat: bool) -> list[TokenTrack]:
+        """Each member's token track for ``prompt`` (raises on a prompt a member cannot take)."""
+        return [start_track(m, prompt, chat=chat) for m in self.members]
 
-        active = list(range(len(rows)))
-        t0 = time.perf_counter()
-        scores = forward(active) if active else []  # prefill (also for max_new_tokens=0: it warms the cache)
-        for row in rows:
-            row.timing.prefill_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for index in range(config.max_new_tokens):
-            if not active:
-                break
-            results = self._step(scores, [rows[r] for r in active], batched=batched, ignore_eos=config.ignore_eos)
-            still: list[int] = []
-            for r, (dist, logits) in zip(active, results):
-                row = rows[r]
-                choice = choose(dist.probs, config, row.rng)
-                record = self._record(index, dist, choice)
-                record.approximated = [f"{name}: {t}" for name, lg in zip(self.names, logits) for t in lg.approximated]
-                row.steps.append(record)
-                row.timing.steps += 1
-                log.debug(
-                    "step %d: union=%d chose %r p=%.3f %s",
-                    index,
-                    record.union_size,
-                    record.chosen,
-                    record.prob,
-                    record.member_probs,
-                )
-                candidate = dist.candidates[choice]
-                if candidate is END:
-                    row.finish = "stop"
-                    yield r, row.final(time.perf_counter() - t0)
-                    continue
-                assert isinstance(candidate, bytes)
-                before = len(row.output)
-                row.output += self._append(row.tracks, candidate, logits)
-                hit = stops.find(row.output, before)
-                if hit is not None:
-                    row.output = row.output[: hit[0]]
-                    row.finish, row.stop_reason = "stop", hit[1]
-                    yield r, row.final(time.perf_counter() - t0)
-                    continue
-                safe = stops.safe_end(row.output)
-                yield r, StreamChunk(row.output[row.emitted : safe].decode("utf-8", errors="replace"), record)
-                row.emitted = max(row.emitted, safe)
-                if index + 1 == config.max_new_tokens or any(len(t) >= m.n_ctx for m, t in zip(self.members, row.tracks)):
-                    yield r, row.final(time.perf_counter() - t0)  # "length": the budget or a member's context is full
-                    continue
-                still.append(r)
-            active = still
-            if active:
-                t_fwd = time.perf_counter()
-                scores = forward(active)
-                for r in active:
-                    rows[r].timing.members_s += time.perf_counter() - t_fwd
-        for r in active:  # max_new_tokens == 0
-            yield r, rows[r].final(time.perf_counter() - t0)
+    @property
+    def max_batch(self) -> int:
+        """Rows that decode together in one forward pass (1 when a member cannot batch)."""
+        if not all(supports_batch(m) for m in self.members):
+            return 1
+        return min(batch_rows(m) for m in self.members)
+
+
+class DecodeBatch:
+    """The one decode loop: rows join, step together and leave.
+
+    As in vLLM's engine (``add_request``, then ``step`` until nothing is left), a row is added
+    with its own generation settings, every :meth:`step` runs one forward pass of each member
+    over all active rows (a row added since the last step gets its prompt evaluated in that
+    same pass) and then one ensemble step per row, and a row leaves when it finishes or is
+    cancelled.  ``Ensemble.generate``, ``stream`` and ``generate_batch`` run a fixed set of
+    rows through it; ``unite serve`` adds requests between steps (continuous batching).
+    Use it inside ``Ensemble.exclusive()``: the members' KV state is the batch's.
+
+    ``batched=False`` holds one row at a time and calls ``next_logits`` (members that keep
+    one sequence, and outputs that must be a function of the prompt alone).
+    """
+
+    def __init__(self, ensemble: Ensemble, *, batched: bool) -> None:
+        self.ensemble = ensemble
+        self.batched = batched
+        self.rows: dict[int, _Row] = {}
+        self._ids = itertools.count()
+        self._base = next(_calls) << 32  # batch row names, unique per batch (see BatchMember)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def capacity(self) -> int:
+        """How many rows may be active at once."""
+        return self.ensemble.max_batch if self.batched else 1
+
+    def add(self, tracks: list[TokenTrack], config: GenerationConfig) -> int:
+        """Add a row (from :meth:`Ensemble.start_tracks`); returns its id, in order of addition."""
+        if len(self.rows) >= self.capacity:
+            raise RuntimeError(f"the batch is full ({self.capacity} rows)")
+        ens = self.ensemble
+        if not self.rows:  # nothing is running: the members may now forget or keep their caches
+            for m in ens.members:
+                if not ens.prefix_cache:
+                    reset_cache(m)
+                start_sequence(m)  # the prompt is evaluated by a plan that depends on it alone
+        row = _Row(tracks, config, ens.weights, ens.load_s)
+        row.prompt_tokens = {m.name: len(t) for m, t in zip(ens.members, tracks)}
+        if ens.method.needs_prepare:  # set-up that needs the members or the prompt
+            t0 = time.perf_counter()
+            weights = ens.method.prepare(ens.members, tracks, ens.primary)
+            if weights is not None:  # this generation's own weights (PackLLM)
+                row.weights = _checked_weights(weights, len(ens.members), ens.method.name)
+            row.timing.prepare_s = time.perf_counter() - t0
+        rid = next(self._ids)
+        self.rows[rid] = row
+        return rid
+
+    def cancel(self, rid: int) -> None:
+        """Drop a row (its client went away); the others go on undisturbed."""
+        self.rows.pop(rid, None)
+
+    def _forward(self, ids: list[int]) -> list[Any]:
+        ens = self.ensemble
+        if not self.batched:
+            return ens._forward([t.tokens for t in self.rows[ids[0]].tracks])
+        contexts = [[self.rows[r].tracks[i].tokens for r in ids] for i in range(len(ens.members))]
+        return ens._forward(contexts, rows=[self._base + r for r in ids])
+
+    def step(self) -> list[tuple[int, StreamChunk]]:
+        """One forward pass and one ensemble step of every active row: ``(row id, chunk)``
+        pairs, a row's last one carrying its output (the row has left the batch then)."""
+        ens = self.ensemble
+        ids = list(self.rows)
+        if not ids:
+            return []
+        t_fwd = time.perf_counter()
+        scores = self._forward(ids)
+        now = time.perf_counter()
+        out: list[tuple[int, StreamChunk]] = []
+        stepping: list[int] = []  # positions in ids of the rows that step now
+        for j, rid in enumerate(ids):
+            row = self.rows[rid]
+            if row.decode_t0 is None:  # its prompt was evaluated in this pass
+                row.timing.prefill_s = now - t_fwd
+                row.decode_t0 = now
+            else:
+                row.timing.members_s += now - t_fwd
+            if len(row.steps) >= row.config.max_new_tokens:  # max_new_tokens == 0
+                out.append((rid, self._finish(rid)))
+            else:
+                stepping.append(j)
+        groups: dict[bool, list[int]] = {}  # the step method takes one ignore_eos per call
+        for j in stepping:
+            groups.setdefault(self.rows[ids[j]].config.ignore_eos, []).append(j)
+        for ignore_eos, group in groups.items():
+            part = scores
+            if self.batched and group != list(range(len(ids))):
+                part = [s[group] for s in scores]
+            rows = [self.rows[ids[j]] for j in group]
+            results = ens._step(part, rows, batched=self.batched, ignore_eos=ignore_eos)
+            for j, (dist, logits) in zip(group, results):
+                out.extend(self._advance(ids[j], dist, logits))
+        return out
+
+    def _advance(self, rid: int, dist: StepDistribution, logits: list[Scores]) -> list[tuple[int, StreamChunk]]:
+        """Choose a row's candidate, append it to every member's track, and say what to show."""
+        ens, row = self.ensemble, self.rows[rid]
+        index = len(row.steps)
+        choice = choose(dist.probs, row.config, row.rng)
+        record = ens._record(index, dist, choice)
+        record.approximated = [f"{name}: {t}" for name, lg in zip(ens.names, logits) for t in lg.approximated]
+        row.steps.append(record)
+        row.timing.steps += 1
+        log.debug(
+            "step %d: union=%d chose %r p=%.3f %s", index, record.union_size, record.chosen, record.prob, record.member_probs
+        )
+        candidate = dist.candidates[choice]
+        if candidate is END:
+            row.finish = "stop"
+            return [(rid, self._finish(rid))]
+        assert isinstance(candidate, bytes)
+        before = len(row.output)
+        row.output += ens._append(row.tracks, candidate, logits)
+        hit = row.stops.find(row.output, before)
+        if hit is not None:
+            row.output = row.output[: hit[0]]
+            row.finish, row.stop_reason = "stop", hit[1]
+            return [(rid, self._finish(rid))]
+        safe = row.stops.safe_end(row.output)
+        out = [(rid, StreamChunk(row.output[row.emitted : safe].decode("utf-8", errors="replace"), record))]
+        row.emitted = max(row.emitted, safe)
+        if index + 1 == row.config.max_new_tokens or any(len(t) >= m.n_ctx for m, t in zip(ens.members, row.tracks)):
+            out.append((rid, self._finish(rid)))  # "length": the budget or a member's context is full
+        return out
+
+    def _finish(self, rid: int) -> StreamChunk:
+        row = self.rows.pop(rid)
+        assert row.decode_t0 is not None
+        return row.final(time.perf_counter() - row.decode_t0)
 
 
 # Batch row names are unique per call, so a member starts a fresh batch cache for each call
@@ -608,6 +696,9 @@ class _Row:
 
     def __init__(self, tracks: list[TokenTrack], config: GenerationConfig, weights: np.ndarray, load_s: float) -> None:
         self.tracks = tracks
+        self.config = config
+        self.stops = StopStrings(config.stop)
+        self.decode_t0: float | None = None  # set when its prompt has been evaluated
         self.rng = np.random.default_rng(config.seed)
         self.weights = weights
         self.prompt_tokens: dict[str, int] = {}

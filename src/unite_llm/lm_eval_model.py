@@ -28,7 +28,8 @@ returns the messages (marked JSON) and every member renders them with its own te
 
 Model arguments (``--model_args key=value,...``): ``members`` (specs joined by ``+``;
 default the project's default pair), ``k``, ``method``, ``weights`` (joined by ``+``),
-``primary``, ``n_ctx``, ``n_threads``, ``parallel``, ``prefix_cache``, ``config`` (an
+``primary``, ``n_ctx``, ``n_threads``, ``n_seq`` (sequences each llama.cpp member decodes
+together; default ``batch_size``), ``parallel``, ``prefix_cache``, ``config`` (an
 ensemble config file, :mod:`unite_llm.config`), ``seed`` (for sampled tasks),
 ``max_gen_toks`` (default 256), ``greedy_check`` (``False`` skips the decode behind
 ``is_greedy`` and reports False), ``batch_size``, ``scores_file`` (a JSONL record of every
@@ -184,6 +185,7 @@ class UniteLM(LM):
         primary: str | int | None = None,
         n_ctx: int | None = None,
         n_threads: int | None = None,
+        n_seq: int | None = None,
         parallel: bool | None = None,
         prefix_cache: bool = True,
         seed: int | None = 1234,
@@ -201,12 +203,17 @@ class UniteLM(LM):
         if device is not None:
             log.info("unite: --device %s ignored (members carry their own device options)", device)
         self._owned = ensemble is None
+        self.batch_size = _batch_size(batch_size)
         if ensemble is None:
             options: dict[str, Any] = {}
             if n_ctx is not None:
                 options["n_ctx"] = int(n_ctx)
             if n_threads is not None:
                 options["n_threads"] = int(n_threads)
+            # llama.cpp members decode a batch together when they keep that many sequences.
+            seqs = int(n_seq) if n_seq is not None else self.batch_size
+            if seqs > 1:
+                options["n_seq"] = seqs
             w = None if weights is None else [float(x) for x in _split(weights, "weights")]
             if config is not None:
                 # Only what was given overrides the file (from_config drops the Nones).
@@ -230,7 +237,6 @@ class UniteLM(LM):
         self.seed = seed
         self.max_gen_toks = int(max_gen_toks)
         self.greedy_check = bool(greedy_check)
-        self.batch_size = _batch_size(batch_size)
         self._pool: ThreadPoolExecutor | None = None
         if self.ensemble.parallel and len(self.ensemble.members) > 1:
             self._pool = ThreadPoolExecutor(max_workers=len(self.ensemble.members), thread_name_prefix="unite-score")

@@ -23,6 +23,8 @@ def test_bad_port_and_queue():
     assert r.exit_code == 2 and "--port must be 1-65535" in r.output
     r = run("--max-queue", "0")
     assert r.exit_code == 2 and "--max-queue must be >= 1" in r.output
+    r = run("--max-batch", "0")
+    assert r.exit_code == 2 and "--max-batch must be >= 1" in r.output
 
 
 def test_bad_weights_fail_before_loading():
@@ -33,5 +35,5 @@ def test_bad_weights_fail_before_loading():
 def test_help_lists_the_options():
     r = CliRunner().invoke(app, ["serve", "--help"])
     assert r.exit_code == 0
-    for flag in ("--host", "--port", "--config", "--model", "--max-queue"):
+    for flag in ("--host", "--port", "--config", "--model", "--max-queue", "--max-batch"):
         assert flag in r.output

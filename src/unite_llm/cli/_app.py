@@ -84,6 +84,7 @@ def build_ensemble(
     parallel: bool | None = None,
     ray_address: str | None = None,
     chat_templates: list[str] | None = None,
+    n_seq: int | None = None,
 ) -> Any:
     """The ensemble named by ``-m`` flags or ``--config`` (flags win), else the default pair."""
     from ..config import EnsembleConfig
@@ -106,6 +107,7 @@ def build_ensemble(
         "parallel": parallel,
         "ray_address": ray_address,
         "chat_templates": parse_pairs(chat_templates, "--chat-template") or None,
+        "n_seq": n_seq,
     }
     kwargs.update({key: v for key, v in overrides.items() if v is not None})
     from ..methods import make_method

@@ -74,6 +74,15 @@ def eval_cmd(
     n_ctx: Annotated[Optional[int], typer.Option("--n-ctx", help="Context window per member.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads per member.")] = None,
     title: Annotated[str, typer.Option(help="Title of table.md.")] = "Evaluation",
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size",
+            "-b",
+            help="Items decoded at once (llama.cpp members keep that many sequences). 1: each item alone, "
+            "outputs a function of the prompt only; larger batches can differ in rare near-ties.",
+        ),
+    ] = 1,
 ) -> None:
     """Evaluate members alone and as an ensemble; resumable (re-run to continue)."""
     import os
@@ -83,8 +92,9 @@ def eval_cmd(
     # before llama.cpp is loaded.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from ..config import EnsembleConfig
+    from ..errors import InvalidConfigError
     from ..eval import RESULT_TASKS, Task, build_systems, command_line, evaluate_systems
-    from ..members import load_member
+    from ..members import load_member, split_spec
     from ..methods import make_method
     from ..models import DEFAULT_ENSEMBLE
 
@@ -103,10 +113,13 @@ def eval_cmd(
         opts["n_ctx"] = n_ctx
     if threads:
         opts["n_threads"] = threads
+    if batch_size < 1:
+        raise InvalidConfigError(f"--batch-size must be >= 1, got {batch_size}")
     members = []
     try:
         for spec in specs:
-            members.append(load_member(spec, **opts))
+            seqs = {"n_seq": batch_size} if batch_size > 1 and split_spec(spec)[0] == "gguf" else {}
+            members.append(load_member(spec, **opts, **seqs))
         systems = build_systems(members, methods, k=k_val, weights=w, primary=primary or cfg.primary)
         summary = evaluate_systems(
             loaded,
@@ -120,6 +133,7 @@ def eval_cmd(
             drop_damaged=drop_damaged,
             validation=validation,
             max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
             title=title,
             command=command_line(),
         )

@@ -29,6 +29,14 @@ def serve(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads per member.")] = None,
     chat_template: ChatTemplateOpt = None,
     max_queue: Annotated[int, typer.Option("--max-queue", help="Requests that may wait for the worker; more get HTTP 503.")] = 64,
+    max_batch: Annotated[
+        int,
+        typer.Option(
+            "--max-batch",
+            help="Requests decoded together (continuous batching; llama.cpp members keep that many sequences). "
+            "1: one at a time, each answer exactly what `unite generate` gives.",
+        ),
+    ] = 8,
     default_max_tokens: Annotated[
         int, typer.Option("--default-max-tokens", help="Completion length when a request sets no max_tokens (chat).")
     ] = 512,
@@ -54,6 +62,8 @@ def serve(
         raise InvalidConfigError(f"--port must be 1-65535, got {port}")
     if max_queue < 1:
         raise InvalidConfigError(f"--max-queue must be >= 1, got {max_queue}")
+    if max_batch < 1:
+        raise InvalidConfigError(f"--max-batch must be >= 1, got {max_batch}")
     if max_request_bytes is not None and max_request_bytes < 1:
         raise InvalidConfigError(f"--max-request-bytes must be >= 1, got {max_request_bytes}")
     setup_logging(verbose)
@@ -67,6 +77,7 @@ def serve(
         n_ctx=n_ctx,
         threads=threads,
         chat_templates=chat_template,
+        n_seq=max_batch if max_batch > 1 else None,
     )
     ens.prefix_cache = prefix_cache
     api = create_app(
@@ -75,6 +86,7 @@ def serve(
         max_queue=max_queue,
         default_max_tokens=default_max_tokens,
         close_ensemble=True,
+        max_batch=max_batch,
         max_request_bytes=DEFAULT_MAX_REQUEST_BYTES if max_request_bytes is None else max_request_bytes,
     )
     typer.echo(f"serving {api.state.model_name} on http://{host}:{port}  (playground: http://{host}:{port}/)", err=True)

@@ -59,8 +59,12 @@ def evaluate_systems(
     command: str = "",
     reports: bool = True,
     drop_damaged: bool = False,
+    batch_size: int = 1,
 ) -> dict[str, Any]:
-    """Run every system on every task (resuming), write reports, return the summary."""
+    """Run every system on every task (resuming), write reports, return the summary.
+
+    ``batch_size`` items decode at once (see :func:`~unite_llm.eval.runner.run_task`).
+    """
     loaded = [t if isinstance(t, Task) else Task.load(t, setting=setting, datasets_dir=datasets_dir) for t in tasks]
     summary: dict[str, Any] = {
         "title": title,
@@ -97,6 +101,7 @@ def evaluate_systems(
                     overwrite=overwrite,
                     max_new_tokens=max_new_tokens,
                     drop_damaged=drop_damaged,
+                    batch_size=batch_size,
                 )
                 entry["systems"][system.label] = summarize(results, by_group=task.spec.group_by is not None)
                 verdicts[system.label] = [bool(r["correct"]) for r in results]

@@ -17,7 +17,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from ..errors import ModelNotFoundError
-from .base import BatchMember, Member, common_prefix, forward_rows, log_softmax, supports_batch
+from .base import BatchMember, Member, batch_rows, common_prefix, forward_rows, log_softmax, supports_batch
 
 Loader = Callable[..., Member]
 
@@ -64,6 +64,7 @@ def load_member(spec: str, **options: Any) -> Member:
 __all__ = [
     "BatchMember",
     "Member",
+    "batch_rows",
     "common_prefix",
     "forward_rows",
     "load_member",

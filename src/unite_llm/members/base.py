@@ -106,8 +106,13 @@ class BatchMember(Member, Protocol):
     batched step takes its top-k there and copies out only the union's candidates.
     ``rows`` names the contexts (default ``0..B-1``): a name continues the KV state of
     the same name from the previous call (only each row's new suffix is evaluated),
-    names not given again are dropped (finished rows), new names start a new batch.
-    Members without it (llama.cpp keeps one KV sequence) decode batches row by row.
+    names not given again are dropped (finished rows), and new names join (a row that
+    joins a running batch; a backend may rebuild the batch's cache for it, as
+    transformers members do).  An optional ``max_rows`` caps the rows per call
+    (llama.cpp's ``n_seq``); a member with ``max_rows == 1``, or without the method,
+    decodes batches row by row.  ``cheap_joins = True`` says a row can join a running batch
+    without the others being re-evaluated (llama.cpp), so ``generate_batch`` refills a row as
+    soon as one finishes instead of running fixed groups.
     """
 
     def next_logits_batch(self, contexts: Sequence[Sequence[int]], rows: Sequence[int] | None = None) -> Any: ...
@@ -115,7 +120,13 @@ class BatchMember(Member, Protocol):
 
 def supports_batch(member: Member) -> bool:
     """Whether ``member`` scores a batch in one pass (see :class:`BatchMember`)."""
-    return callable(getattr(member, "next_logits_batch", None))
+    return callable(getattr(member, "next_logits_batch", None)) and batch_rows(member) > 1
+
+
+def batch_rows(member: Member) -> int:
+    """How many rows ``member`` scores in one pass (``max_rows``; unbounded if it sets none)."""
+    rows = getattr(member, "max_rows", None)
+    return int(rows) if rows is not None else 2**31 - 1
 
 
 def forward_rows(member: Member, contexts: Sequence[Sequence[int]], rows: Sequence[int]) -> Any:

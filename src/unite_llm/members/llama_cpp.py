@@ -15,6 +15,17 @@ last token on its own.  Across generations only whole aligned chunks computed by
 are reused (a watermark tracks how far they reach); tokens of a remainder or of decode
 steps are recomputed.  Within a generation, decode steps reuse everything, which is a
 function of the prompt too.
+
+Many sequences at once (``n_seq > 1``, llama.cpp's ``n_seq_max`` as in ``llama-server
+--parallel``): :meth:`LlamaCppMember.next_logits_batch` keeps one KV sequence per batch row in a
+second llama.cpp context (allocated on first use, ``n_ctx`` cells per sequence, shared prefixes
+stored once) and decodes
+every row's new tokens in one ``llama_decode``.  Each row keeps its own token track: a row whose
+tail changed (re-tokenisation) rolls back only its own sequence (``llama_memory_seq_rm``), and a
+row reuses its own prefix from the previous step.  Batched kernels round differently from a
+single sequence's, so a row's logits can differ in the last bits from ``next_logits`` on the same
+context (and with the other rows of the batch); where outputs must be a function of the prompt
+alone, keep ``n_seq = 1`` (the default: rows then decode one by one through ``next_logits``).
 """
 
 from __future__ import annotations
@@ -135,6 +146,9 @@ class LlamaCppMember:
     ``spec`` is a path to a ``.gguf`` file or an alias from :mod:`unite_llm.models`.
     """
 
+    cheap_joins = True
+    """A row joins a running batch on a sequence of its own: the other rows are not re-evaluated."""
+
     def __init__(
         self,
         spec: str,
@@ -145,10 +159,16 @@ class LlamaCppMember:
         n_batch: int = 512,
         n_gpu_layers: int = 0,
         seed: int = 0,
+        n_seq: int = 1,
     ) -> None:
         import llama_cpp
 
         check_options(n_ctx, n_threads)
+        if isinstance(n_seq, bool) or not isinstance(n_seq, int) or not 1 <= n_seq <= llama_cpp.llama_max_parallel_sequences():
+            raise InvalidConfigError(
+                f"n_seq must be an integer in [1, {llama_cpp.llama_max_parallel_sequences()}] "
+                f"(sequences decoded together), got {n_seq!r}"
+            )
         _quiet_llama_log()
         path = resolve_gguf(spec)
         self.path = Path(path)
@@ -182,6 +202,9 @@ class LlamaCppMember:
         self._scored_tokens: list[int] = []  # the last sequence score() saw, and its
         self._scored = np.zeros(0)  # per-position log-probabilities (NaN where not asked)
         self._n_vocab = n_vocab
+        self.max_rows = n_seq
+        """Rows :meth:`next_logits_batch` takes at once (1: batches decode row by row)."""
+        self._seqs: _Sequences | None = None
 
     def _token_text(self, tid: int) -> str:
         if tid < 0:
@@ -229,6 +252,32 @@ class LlamaCppMember:
         self._context = list(context)
         ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,))
+
+    def next_logits_batch(self, contexts: Sequence[Sequence[int]], rows: Sequence[int] | None = None) -> np.ndarray:
+        """Next-token scores ``[len(contexts), vocab]`` for many contexts, in one ``llama_decode``.
+
+        ``rows`` names each context (default ``0..B-1``, see
+        :class:`~unite_llm.members.base.BatchMember`): a name continues its own KV sequence from
+        the previous call (only the new suffix is evaluated; a changed tail rolls that sequence
+        back), names not given again are dropped, and new names join in a free sequence.  At most
+        ``n_seq`` rows at once.  A batch larger than ``n_batch`` tokens (several prompts joining)
+        is split into several decodes; each row's logits are read where its last token is.
+        """
+        rows = list(range(len(contexts))) if rows is None else list(rows)
+        if len(rows) != len(contexts) or len(set(rows)) != len(rows):
+            raise ValueError("rows must name each context once")
+        if len(rows) > self.max_rows:
+            raise ValueError(f"{self.name}: {len(rows)} rows, but n_seq={self.max_rows} sequences")
+        for ctx in contexts:
+            if not ctx:
+                raise ValueError("next_logits_batch needs at least one token (BOS or text) per row")
+            if len(ctx) > self.n_ctx:
+                raise ContextLengthError(f"{self.name}: {len(ctx)} tokens do not fit its context window of {self.n_ctx}")
+        if self._seqs is None:
+            self._seqs = _Sequences(self.llm, self.max_rows, self.n_ctx)
+        out, n = self._seqs.decode(rows, contexts, self._n_vocab)
+        self.n_evaluated += n
+        return out
 
     def start_sequence(self) -> None:
         """The next :meth:`next_logits` starts a new generation: evaluate it by the prompt plan.
@@ -357,9 +406,128 @@ class LlamaCppMember:
         self._aligned = 0
         self._fresh = True
         self._scored_tokens, self._scored = [], np.zeros(0)
+        if self._seqs is not None:
+            self._seqs.clear()
 
     def close(self) -> None:
+        if self._seqs is not None:
+            self._seqs.close()
+            self._seqs = None
         self.llm.close()
 
     def __repr__(self) -> str:
         return f"LlamaCppMember({self.name!r}, vocab={len(self.vocab)}, n_ctx={self.n_ctx})"
+
+
+class _Sequences:
+    """The batch rows' KV sequences: a llama.cpp context with ``n_seq`` sequences, one per row.
+
+    The cache is unified (``kv_unified``, ``n_ctx`` cells per sequence in one pool): a row that
+    joins copies the longest prefix it shares with any sequence in the cache
+    (``llama_memory_seq_cp``, which shares the cells, no copy), so prompts with a common
+    few-shot block evaluate it once.  A finished row's sequence keeps its cells until another
+    row takes it, so the next batch can reuse them too.  Attention stays per sequence (llama.cpp
+    masks the other sequences' cells).
+    """
+
+    def __init__(self, llm: llama_cpp.Llama, n_seq: int, n_ctx: int) -> None:
+        import llama_cpp
+        from llama_cpp import _internals
+
+        params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
+        params.n_seq_max = n_seq
+        params.n_ctx = n_ctx * n_seq
+        params.kv_unified = True
+        self.ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        self.n_batch = int(params.n_batch)
+        self.batch = _internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=1, verbose=False)
+        self.free = set(range(n_seq))  # sequence ids no row holds
+        self.slot: dict[int, int] = {}  # row name -> sequence id
+        self.tokens: dict[int, list[int]] = {s: [] for s in range(n_seq)}  # sequence id -> the tokens its cells hold
+
+    def _rm(self, seq: int, start: int) -> None:
+        import llama_cpp
+
+        llama_cpp.llama_memory_seq_rm(self.ctx.memory, seq, start, -1)
+        del self.tokens[seq][start:]
+
+    def _join(self, ctx: Sequence[int]) -> int:
+        """A free sequence for a new row, holding the longest prefix of ``ctx`` the cache has."""
+        import llama_cpp
+
+        def shared(s: int) -> int:
+            return common_prefix(self.tokens[s], ctx)
+
+        seq = max(sorted(self.free), key=shared)  # its own old cells first (ties: the lowest id)
+        donor = max(sorted(self.tokens), key=shared)
+        keep = min(shared(seq), len(ctx) - 1)
+        self._rm(seq, keep)
+        if shared(donor) > keep + 1:  # worth a copy: another sequence holds a longer prefix
+            keep = min(shared(donor), len(ctx) - 1)
+            self._rm(seq, 0)
+            llama_cpp.llama_memory_seq_cp(self.ctx.memory, donor, seq, 0, keep)
+            self.tokens[seq] = list(ctx[:keep])
+        self.free.discard(seq)
+        return seq
+
+    def decode(self, rows: list[int], contexts: Sequence[Sequence[int]], n_vocab: int) -> tuple[np.ndarray, int]:
+        import llama_cpp
+
+        for name in [r for r in self.slot if r not in set(rows)]:  # finished rows free their sequence
+            self.free.add(self.slot.pop(name))
+        last = {b: len(ctx) - 1 for b, ctx in enumerate(contexts)}
+        out = np.empty((len(rows), n_vocab), dtype=np.float32)
+        todo: list[tuple[int, int, int, int]] = []  # (row index, sequence, position, token)
+        pending: dict[int, Sequence[int]] = {}  # sequence -> the context its queued tokens complete
+        evaluated = 0
+
+        def flush() -> None:
+            batch = self.batch.batch
+            for start in range(0, len(todo), self.n_batch):
+                part = todo[start : start + self.n_batch]
+                batch.n_tokens = len(part)
+                for j, (b, seq, pos, tok) in enumerate(part):
+                    batch.token[j] = tok
+                    batch.pos[j] = pos
+                    batch.n_seq_id[j] = 1
+                    batch.seq_id[j][0] = seq
+                    batch.logits[j] = pos == last[b]
+                code = llama_cpp.llama_decode(self.ctx.ctx, batch)
+                if code != 0:
+                    raise RuntimeError(f"llama_decode of {len(part)} tokens over {len(rows)} sequences returned {code}")
+                for j, (b, _, pos, _) in enumerate(part):
+                    if pos == last[b]:
+                        out[b] = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx.ctx, j), shape=(n_vocab,))
+            for seq, ctx in pending.items():
+                self.tokens[seq] = list(ctx)
+            todo.clear()
+            pending.clear()
+
+        for b, (name, ctx) in enumerate(zip(rows, contexts)):
+            if name not in self.slot:
+                # A row queued in this call shares more with it than any cells do: decode that
+                # row first (one more llama_decode), so that this one can copy its prefix.
+                queued = max((common_prefix(c, ctx) for c in pending.values()), default=0)
+                if queued > max(common_prefix(t, ctx) for t in self.tokens.values()) + 1:
+                    flush()
+                self.slot[name] = self._join(ctx)
+            seq = self.slot[name]
+            keep = min(common_prefix(self.tokens[seq], ctx), len(ctx) - 1)  # >= 1 token for fresh logits
+            self._rm(seq, keep)
+            todo += [(b, seq, pos, ctx[pos]) for pos in range(keep, len(ctx))]
+            evaluated += len(ctx) - keep
+            pending[seq] = ctx
+        flush()
+        return out, evaluated
+
+    def clear(self) -> None:
+        import llama_cpp
+
+        llama_cpp.llama_memory_clear(self.ctx.memory, True)
+        self.free = set(self.tokens)
+        self.slot = {}
+        self.tokens = {s: [] for s in self.tokens}
+
+    def close(self) -> None:
+        self.batch.close()
+        self.ctx.close()

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ..scores import DenseScores
 from ..vocab import ByteVocab
 from .base import END, Candidate
 
@@ -91,10 +92,10 @@ class DeviceStep:
         if _is_torch(scores):
             masked = scores.masked_fill(~allowed, float("-inf"))
             return masked.topk(k, dim=-1).indices.cpu().numpy()
-        masked = np.where(allowed, scores, -np.inf)
-        part = np.argpartition(-masked, k - 1, axis=-1)[:, :k]
-        order = np.argsort(-np.take_along_axis(masked, part, axis=-1), axis=-1, kind="stable")
-        return np.take_along_axis(part, order, axis=-1)
+        # Host rows: the single-row selection by threshold (a fraction of a full argpartition
+        # over [B, V], and the same ids, ties to the lower id, as an unbatched step picks).
+        rows = np.asarray(scores)
+        return np.array([DenseScores(row).top_k_ids(vocab, k, ignore_eos=ignore_eos) for row in rows], dtype=np.int64)
 
     @staticmethod
     def gather(scores: Any, pairs: list[tuple[int, int]]) -> list[float]:

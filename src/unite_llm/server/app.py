@@ -34,7 +34,7 @@ from ..engine import Ensemble
 from ..errors import InvalidConfigError, UniteError
 from .guards import DEFAULT_MAX_REQUEST_BYTES, BodyLimit, HeadAsGet
 from .protocol import DetokenizeResponse, ModelCard, ModelList, TokenizeResponse
-from .scheduler import OverloadedError, Runner, Scheduler, SerialRunner
+from .scheduler import BatchRunner, OverloadedError, Runner, Scheduler, SerialRunner
 from .schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from .serving import APIError, OpenAIServing, api_error
 
@@ -90,6 +90,7 @@ def create_app(
     max_queue: int = 64,
     default_max_tokens: int = 512,
     runner: Runner | None = None,
+    max_batch: int = 1,
     close_ensemble: bool = False,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
 ) -> FastAPI:
@@ -97,14 +98,19 @@ def create_app(
 
     ``max_queue`` bounds the requests waiting for the worker (more get 503);
     ``default_max_tokens`` applies when a request leaves ``max_tokens`` unset (chat) or null.
-    ``runner`` replaces the one-at-a-time :class:`SerialRunner` (e.g. with a batching one).
+    ``max_batch > 1`` serves by continuous batching (:class:`BatchRunner`) where the members
+    decode several sequences at once (else one request at a time, :class:`SerialRunner`);
+    ``runner`` replaces either.
     ``max_request_bytes`` caps a request body (413 beyond it, before anything is parsed);
     every GET route also answers HEAD.
     """
     if max_request_bytes < 1:
         raise InvalidConfigError(f"--max-request-bytes must be >= 1, got {max_request_bytes}")
     name = model_name or "+".join(ensemble.names)
-    scheduler = Scheduler(runner or SerialRunner(ensemble), max_queue=max_queue)
+    if runner is None:
+        batched = max_batch > 1 and ensemble.max_batch > 1
+        runner = BatchRunner(ensemble, max_batch) if batched else SerialRunner(ensemble)
+    scheduler = Scheduler(runner, max_queue=max_queue)
     serving = OpenAIServing(ensemble, scheduler, model_name=name, default_max_tokens=default_max_tokens)
 
     @asynccontextmanager

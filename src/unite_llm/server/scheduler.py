@@ -1,18 +1,22 @@
 """The request queue between the HTTP handlers and the ensemble.
 
-A llama.cpp member holds one KV cache, so two generations cannot interleave on it:
-every job goes through **one worker thread** that drives ``Ensemble.stream``.  The
-worker never touches a socket.  It hands each step to the job's own ``asyncio.Queue``
-on the event loop (``call_soon_threadsafe``), so a client that reads slowly only
-delays its own bytes, never the worker.  A job whose client went away is marked
-cancelled; the worker checks between steps, closes the generator and moves on.
+Every job goes through **one worker thread** that owns the ensemble.  The worker never
+touches a socket.  It hands each step to the job's own ``asyncio.Queue`` on the event loop
+(``call_soon_threadsafe``), so a client that reads slowly only delays its own bytes, never
+the worker.  A job whose client went away is marked cancelled; the worker drops it between
+steps and goes on.
 
-Batching plugs in through :class:`Runner`: the worker takes up to ``runner.max_batch``
-waiting jobs at once and hands them to ``runner.run``.  :class:`SerialRunner`
-(``max_batch = 1``) is what llama.cpp members need.  A backend that scores several
-contexts in one forward pass (e.g. an ensemble with ``stream_batch``) only needs a
-runner that interleaves its jobs' steps; the queue, cancellation and the handlers stay
-as they are.
+How jobs share the ensemble is the :class:`Runner`'s business:
+
+* :class:`SerialRunner` (``--max-batch 1``): one job at a time through ``Ensemble.stream``.
+  Each answer is what ``unite generate`` gives for the prompt (a function of the prompt alone).
+* :class:`BatchRunner` (``--max-batch N``, members that decode several sequences in one pass:
+  llama.cpp with ``n_seq``, transformers): **continuous batching**.  The jobs run as rows of one
+  :class:`~unite_llm.engine.DecodeBatch`; between two steps the runner admits waiting jobs into
+  the running batch (up to ``max_batch`` rows), so a request starts streaming when it joins, not
+  when those ahead of it finish.  A finished or cancelled row leaves without disturbing the
+  others.  Batched kernels round differently, so an answer can differ in a near-tie from the
+  serial one (and from itself in another batch): ``--max-batch 1`` where that matters.
 """
 
 from __future__ import annotations
@@ -62,12 +66,24 @@ class Job:
             self.cancel()
 
 
+class JobSource(Protocol):
+    """What a runner sees of the scheduler."""
+
+    def take(self, n: int) -> list[Job]:
+        """Up to ``n`` waiting jobs, now (possibly none): they are running from here on."""
+        ...
+
+    def finish(self, job: Job, error: BaseException | None = None) -> None:
+        """``job`` is over: done, or failed with ``error`` (cancelled jobs are counted as such)."""
+        ...
+
+
 class Runner(Protocol):
-    """Runs a batch of jobs to completion (or cancellation) on the worker thread."""
+    """Runs jobs on the worker thread, starting with ``jobs`` and taking more while it runs."""
 
     max_batch: int
 
-    def run(self, jobs: Sequence[Job]) -> None: ...
+    def run(self, jobs: Sequence[Job], source: JobSource) -> None: ...
 
 
 class SerialRunner:
@@ -78,9 +94,16 @@ class SerialRunner:
     def __init__(self, ensemble: Ensemble) -> None:
         self.ensemble = ensemble
 
-    def run(self, jobs: Sequence[Job]) -> None:
+    def run(self, jobs: Sequence[Job], source: JobSource) -> None:
         for job in jobs:
-            self._run_one(job)
+            try:
+                self._run_one(job)
+            except Exception as err:  # this job's error: the next one runs
+                if not _is_user_error(err):
+                    log.exception("generation failed")
+                source.finish(job, err)
+            else:
+                source.finish(job)
 
     def _run_one(self, job: Job) -> None:
         stream = self.ensemble.stream(job.prompt, job.config, chat=job.chat)
@@ -92,6 +115,71 @@ class SerialRunner:
                 job.emit("chunk", chunk)
         finally:
             stream.close()
+
+
+class BatchRunner:
+    """Continuous batching: jobs join a running :class:`~unite_llm.engine.DecodeBatch` between steps.
+
+    ``max_batch`` rows at most (capped by what the members decode at once).  A job whose
+    prompt a member refuses fails alone; an error in a step fails the rows of that step.
+    """
+
+    def __init__(self, ensemble: Ensemble, max_batch: int) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.ensemble = ensemble
+        self.max_batch = min(max_batch, ensemble.max_batch)
+        self.tokens = 0  # ensemble steps made (tokens/s in /health)
+        self.batch_size = 0  # rows in the last step
+
+    def run(self, jobs: Sequence[Job], source: JobSource) -> None:
+        from ..engine import DecodeBatch
+
+        ens = self.ensemble
+        with ens.exclusive():
+            batch = DecodeBatch(ens, batched=True)
+            owner: dict[int, Job] = {}
+            pending = list(jobs)
+            try:  # an error escaping a step fails every running job (Scheduler._work)
+                while True:
+                    pending += source.take(self.max_batch - len(batch) - len(pending))
+                    for job in pending:
+                        self._admit(batch, owner, job, source)
+                    pending = []
+                    for rid, job in list(owner.items()):
+                        if job.cancelled.is_set():
+                            log.info("request cancelled by its client; its row leaves the batch")
+                            batch.cancel(rid)
+                            del owner[rid]
+                            source.finish(job)
+                    if not batch:
+                        return
+                    self.batch_size = len(batch)
+                    results = batch.step()
+                    self.tokens += len({rid for rid, chunk in results if chunk.step is not None})
+                    for rid, chunk in results:
+                        job = owner[rid]
+                        if not job.cancelled.is_set():
+                            job.emit("chunk", chunk)
+                        if chunk.output is not None:
+                            del owner[rid]
+                            source.finish(job)
+            finally:
+                self.batch_size = 0
+
+    def _admit(self, batch: Any, owner: dict[int, Job], job: Job, source: JobSource) -> None:
+        if job.cancelled.is_set():
+            source.finish(job)
+            return
+        try:
+            tracks = self.ensemble.start_tracks(job.prompt, chat=job.chat)
+            rid = batch.add(tracks, job.config)
+        except Exception as err:  # this prompt's problem (too long, no chat template, ...)
+            if not _is_user_error(err):
+                log.exception("request refused")
+            source.finish(job, err)
+            return
+        owner[rid] = job
 
 
 @dataclass
@@ -118,6 +206,7 @@ class Scheduler:
         """Held by the worker while it generates: take it to use the ensemble from another thread."""
         self._stop = False
         self._thread: threading.Thread | None = None
+        self._rate_mark = (time.perf_counter(), 0)
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -163,51 +252,87 @@ class Scheduler:
                 "max_queue": self.max_queue,
                 "max_batch": self.runner.max_batch,
                 **self.stats.__dict__,
+                **self.runner_stats(),
             }
+
+    def runner_stats(self) -> dict[str, Any]:
+        """Batch size now and tokens/s over the last window (runners that count them)."""
+        tokens = getattr(self.runner, "tokens", None)
+        if tokens is None:
+            return {}
+        now = time.perf_counter()
+        t0, n0 = self._rate_mark
+        rate = (tokens - n0) / (now - t0) if now > t0 else 0.0
+        if now - t0 > 10.0:  # a sliding mark: the rate is over the last 10-20 s
+            self._rate_mark = (now, tokens)
+        return {"batch_size": getattr(self.runner, "batch_size", 0), "tokens": tokens, "tokens_per_s": round(rate, 2)}
 
     # -- the worker -----------------------------------------------------------------
 
     def _take(self) -> list[Job] | None:
+        """Wait for work: the first waiting jobs (up to ``max_batch``), or None at shutdown."""
         with self._cond:
             while True:
-                while self._waiting and self._waiting[0].cancelled.is_set():
-                    self._waiting.popleft()
-                    self.stats.cancelled += 1
+                self._drop_cancelled()
                 if self._stop:
                     return None
                 if self._waiting:
-                    n = max(1, self.runner.max_batch)
-                    batch = [self._waiting.popleft() for _ in range(min(n, len(self._waiting)))]
-                    self._running = batch
-                    return batch
+                    return self._start(max(1, self.runner.max_batch))
                 self._cond.wait()
+
+    def _drop_cancelled(self) -> None:
+        while self._waiting and self._waiting[0].cancelled.is_set():
+            self._waiting.popleft()
+            self.stats.cancelled += 1
+
+    def _start(self, n: int) -> list[Job]:
+        now = time.perf_counter()
+        batch: list[Job] = []
+        while self._waiting and len(batch) < n:
+            job = self._waiting.popleft()
+            if job.cancelled.is_set():
+                self.stats.cancelled += 1
+                continue
+            job.started = now
+            batch.append(job)
+        self._running += batch
+        return batch
+
+    def take(self, n: int) -> list[Job]:
+        """For the runner: up to ``n`` waiting jobs without waiting (none once stopping)."""
+        if n <= 0:
+            return []
+        with self._cond:
+            if self._stop:
+                return []
+            return self._start(n)
+
+    def finish(self, job: Job, error: BaseException | None = None) -> None:
+        """For the runner: ``job`` is over (its client hears "done" or the error)."""
+        with self._cond:
+            if job in self._running:
+                self._running.remove(job)
+            if job.cancelled.is_set():
+                self.stats.cancelled += 1
+            elif error is not None:
+                self.stats.failed += 1
+                job.emit("error", error)
+            else:
+                self.stats.completed += 1
+                job.emit("done", None)
 
     def _work(self) -> None:
         while (batch := self._take()) is not None:
-            now = time.perf_counter()
-            for job in batch:
-                job.started = now
             try:
                 with self.lock:
-                    self.runner.run(batch)
-            except Exception as err:  # a bug, or a user error found late: report it to every job
+                    self.runner.run(batch, self)
+            except Exception as err:  # a bug, or a user error found late: report it to every running job
                 if not _is_user_error(err):
                     log.exception("generation failed")
-                for job in batch:
-                    if not job.cancelled.is_set():
-                        job.emit("error", err)
                 with self._cond:
-                    self.stats.failed += len(batch)
-                    self._running = []
-                continue
-            with self._cond:
-                for job in batch:
-                    if job.cancelled.is_set():
-                        self.stats.cancelled += 1
-                    else:
-                        self.stats.completed += 1
-                        job.emit("done", None)
-                self._running = []
+                    running = list(self._running)
+                for job in running:
+                    self.finish(job, err)
 
 
 def _is_user_error(err: BaseException) -> bool:
