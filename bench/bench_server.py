@@ -127,7 +127,7 @@ async def load(url: str, model: str, texts: list[str], args: argparse.Namespace)
             p = (c + r * args.clients) % len(texts)
             res = Result(client=c, prompt=p)
             results.append(res)
-            await one_request(http, url, model, texts[p], args.max_tokens, res, ignore_eos=getattr(args, "ignore_eos", False))
+            await one_request(http, url, model, texts[p], args.max_tokens, res, ignore_eos=args.ignore_eos)
 
     async with httpx.AsyncClient(timeout=httpx.Timeout(args.time_limit), limits=limits) as http:
         t0 = time.perf_counter()
@@ -152,6 +152,7 @@ def main() -> None:
     ap.add_argument("--time-limit", type=float, default=1200.0, help="seconds for the whole load phase")
     ap.add_argument("--n-ctx", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=None, help="CPU threads per member (default: all cores)")
+    ap.add_argument("--ignore-eos", action="store_true", help="every request decodes exactly --max-tokens")
     ap.add_argument("--max-batch", type=int, default=1, help="the server's --max-batch (1: one request at a time)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "server.json")
     args = ap.parse_args()

@@ -253,16 +253,16 @@ class Ensemble:
             connect(ray_address)
         parallel = len(specs) > 1 if parallel is None else parallel
         local = [s for s in specs if split_spec(s)[0] == "gguf"]
-        split: dict[str, Any] = {}
+        local_options: dict[str, Any] = {}  # for the in-process llama.cpp members only
         if parallel and len(local) > 1 and member_options.get("n_threads") is None:
-            split = {"n_threads": max(1, (os.cpu_count() or 1) // len(local))}  # one core budget each
+            local_options["n_threads"] = max(1, (os.cpu_count() or 1) // len(local))  # one core budget each
         if n_seq is not None:
-            split["n_seq"] = n_seq
+            local_options["n_seq"] = n_seq
         t0 = time.perf_counter()
         members: list[Member] = []
         try:
             for spec in specs:
-                members.append(load_member(spec, **member_options, **(split if spec in local else {})))
+                members.append(load_member(spec, **member_options, **(local_options if spec in local else {})))
             force_chat_templates(members, chat_templates or {}, specs)
         except BaseException:
             for m in members:
@@ -360,7 +360,7 @@ class Ensemble:
                 out = cast(ResponseLevel, self.method).generate(self, prompt, config, chat=chat)
                 yield StreamChunk(out.text, out.steps[-1] if out.steps else None, out)
                 return
-            for _, chunk in self._decode([prompt], config, chat=chat, batched=False):
+            for _, chunk in self._decode([prompt], config, chat=chat, size=1):
                 yield chunk
 
     def generate_batch(
@@ -370,10 +370,9 @@ class Ensemble:
 
         When every member can score a batch in one pass (``next_logits_batch``: transformers
         members, llama.cpp members loaded with ``n_seq > 1``) up to :attr:`max_batch` rows decode
-        together, one forward pass per member per step.  Where every member takes a joining row
-        without re-evaluating the others (``cheap_joins``: llama.cpp), the next prompt joins as
-        soon as a row finishes; otherwise the prompts go in groups of :attr:`max_batch`.  Without
-        batching members the same loop runs each prompt as a batch of one.  Batched kernels round
+        together, one forward pass per member per step, a finished row's place taken by the next
+        prompt where the members allow it (:meth:`_decode`).  Without batching members the same
+        loop runs each prompt as a batch of one.  Batched kernels round
         differently, so "equals" holds up to rounding of the logits, which can flip a near-tie
         (measured in ``bench/results/batching.json``).
         """
@@ -382,19 +381,8 @@ class Ensemble:
             if self.method.response_level:
                 method = cast(ResponseLevel, self.method)
                 return [method.generate(self, p, config, chat=chat) for p in prompts]
-            size = self.max_batch if len(prompts) > 1 else 1
-            joins = size > 1 and all(getattr(m, "cheap_joins", False) for m in self.members)
-            tracks = [self.start_tracks(p, chat=chat) for p in prompts]  # every prompt is valid before any member forgets
-            batch = DecodeBatch(self, batched=size > 1)
-            index: dict[int, int] = {}  # row id -> prompt
-            outputs: dict[int, GenerationOutput] = {}
-            pending = list(range(len(prompts)))
-            while pending or batch:
-                if joins or not batch:  # fill the free rows (without cheap joins: only an empty batch)
-                    while pending and len(batch) < size:
-                        i = pending.pop(0)
-                        index[batch.add(tracks[i], config)] = i
-                outputs.update({index[r]: c.output for r, c in batch.step() if c.output is not None})
+            chunks = self._decode(prompts, config, chat=chat, size=self.max_batch)
+            outputs = {i: c.output for i, c in chunks if c.output is not None}
             return [outputs[i] for i in range(len(prompts))]
 
     @contextmanager
@@ -522,21 +510,29 @@ class Ensemble:
         return piece
 
     def _decode(
-        self, prompts: Sequence[Prompt], config: GenerationConfig, *, chat: bool, batched: bool
+        self, prompts: Sequence[Prompt], config: GenerationConfig, *, chat: bool, size: int
     ) -> Iterator[tuple[int, StreamChunk]]:
-        """The decode loop for a fixed set of prompts: ``(row, chunk)`` for each prompt's text
-        as it becomes safe to show, and one final chunk per row carrying its output.
+        """The prompts through one :class:`DecodeBatch` of up to ``size`` rows: ``(prompt index,
+        chunk)`` for each prompt's text as it becomes safe to show, and one final chunk per prompt
+        carrying its output.
 
-        ``batched``: the rows share each member's forward pass (members with
-        ``next_logits_batch``); otherwise there is exactly one row.
+        Where every member takes a joining row without re-evaluating the others (``cheap_joins``:
+        llama.cpp), the next prompt joins as soon as a row finishes; otherwise the prompts go in
+        groups of ``size``.
         """
-        assert batched or len(prompts) == 1, "an unbatched decode runs one prompt"
-        batch = DecodeBatch(self, batched=batched)
+        size = min(size, len(prompts)) or 1
+        joins = size > 1 and all(getattr(m, "cheap_joins", False) for m in self.members)
         tracks = [self.start_tracks(p, chat=chat) for p in prompts]  # every prompt is valid before any member forgets
-        for t in tracks:
-            batch.add(t, config)
-        while batch:
-            yield from batch.step()
+        batch = DecodeBatch(self, batched=size > 1)
+        index: dict[int, int] = {}  # row id -> prompt
+        pending = list(range(len(prompts)))
+        while pending or batch:
+            if joins or not batch:  # fill the free rows (without cheap joins: only an empty batch)
+                while pending and len(batch) < size:
+                    i = pending.pop(0)
+                    index[batch.add(tracks[i], config)] = i
+            for rid, chunk in batch.step():
+                yield index[rid], chunk
 
     def start_tracks(self, prompt: Prompt, *, chat: bool) -> list[TokenTrack]:
         """Each member's token track for ``prompt`` (raises on a prompt a member cannot take)."""
@@ -686,8 +682,8 @@ class DecodeBatch:
         return row.final(time.perf_counter() - row.decode_t0)
 
 
-# Batch row names are unique per call, so a member starts a fresh batch cache for each call
-# instead of carrying the previous batch's (dead) columns along.
+# Batch row names are unique per DecodeBatch, so a member starts a fresh batch cache for each
+# batch instead of carrying the previous batch's (dead) columns along.
 _calls = itertools.count(1)
 
 

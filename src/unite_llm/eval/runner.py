@@ -294,10 +294,7 @@ def run_items(task: Task, system: System, items: Sequence[Item], gen: Generation
     record's ``time_s`` is then the batch's time shared equally between its items.
     """
     t0 = time.perf_counter()
-    if len(items) == 1:
-        outs = [system.ensemble.generate(items[0].prompt, gen)]
-    else:
-        outs = system.ensemble.generate_batch([it.prompt for it in items], gen)
+    outs = system.ensemble.generate_batch([it.prompt for it in items], gen)
     elapsed = (time.perf_counter() - t0) / len(items)
     records = []
     for item, out in zip(items, outs):

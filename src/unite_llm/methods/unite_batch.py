@@ -65,30 +65,31 @@ class DeviceStep:
 
     def __init__(self, k: int) -> None:
         self.k = k
-        self._allowed: dict[tuple[int, bool, str], Any] = {}
+        self._allowed: dict[tuple[int, bool, str], tuple[Any, Any, int]] = {}
 
-    def _allowed_mask(self, vocab: ByteVocab, ignore_eos: bool, like: Any) -> Any:
-        """Boolean ``[V]`` mask of ids that may be candidates, cached per device."""
+    def _allowed_mask(self, vocab: ByteVocab, ignore_eos: bool, like: Any) -> tuple[Any, int]:
+        """Boolean ``[V]`` mask of ids that may be candidates and how many there are, cached per device."""
         key = (id(vocab), ignore_eos, str(getattr(like, "device", "numpy")))
-        owner, mask = self._allowed.get(key, (None, None))
+        owner, mask, count = self._allowed.get(key, (None, None, 0))
         if owner is not vocab:  # a new vocabulary (an id can be reused once the old one is freed)
             ok: Any = np.asarray(vocab.emittable, dtype=bool)
             if not ignore_eos:
                 ok[list(vocab.eog_ids)] = True
+            count = int(ok.sum())
             if _is_torch(like):
                 import torch
 
                 ok = torch.from_numpy(ok).to(like.device)
             mask = ok
-            self._allowed[key] = (vocab, mask)
-        return mask
+            self._allowed[key] = (vocab, mask, count)
+        return mask, count
 
     def top_ids(self, scores: Any, vocab: ByteVocab, ignore_eos: bool) -> np.ndarray:
         """``[B, k']`` ids of each row's top-k allowed tokens, best first."""
         n = len(vocab)
         scores = scores[:, :n]
-        allowed = self._allowed_mask(vocab, ignore_eos, scores)
-        k = min(self.k, int(allowed.sum()))
+        allowed, n_allowed = self._allowed_mask(vocab, ignore_eos, scores)
+        k = min(self.k, n_allowed)
         if _is_torch(scores):
             masked = scores.masked_fill(~allowed, float("-inf"))
             return masked.topk(k, dim=-1).indices.cpu().numpy()

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..engine import Ensemble
+from ..engine import DecodeBatch, Ensemble
 from ..prompts import Prompt
 from ..sampling import GenerationConfig
 
@@ -133,8 +133,6 @@ class BatchRunner:
         self.batch_size = 0  # rows in the last step
 
     def run(self, jobs: Sequence[Job], source: JobSource) -> None:
-        from ..engine import DecodeBatch
-
         ens = self.ensemble
         with ens.exclusive():
             batch = DecodeBatch(ens, batched=True)
@@ -167,7 +165,7 @@ class BatchRunner:
             finally:
                 self.batch_size = 0
 
-    def _admit(self, batch: Any, owner: dict[int, Job], job: Job, source: JobSource) -> None:
+    def _admit(self, batch: DecodeBatch, owner: dict[int, Job], job: Job, source: JobSource) -> None:
         if job.cancelled.is_set():
             source.finish(job)
             return
