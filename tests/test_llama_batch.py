@@ -19,7 +19,7 @@ import pytest
 from unite_llm.engine import DecodeBatch, Ensemble
 from unite_llm.errors import InvalidConfigError
 from unite_llm.members import batch_rows, supports_batch
-from unite_llm.members.llama_cpp import LlamaCppMember
+from unite_llm.members.llama_cpp import PREFILL_CHUNK, LlamaCppMember
 from unite_llm.sampling import GenerationConfig
 
 ROUNDING_TV = 0.15
@@ -56,6 +56,44 @@ def smol4() -> Iterator[LlamaCppMember]:
 def single(member: LlamaCppMember, ctx: list[int]) -> np.ndarray:
     member.start_sequence()
     return np.array(member.next_logits(ctx))
+
+
+def by_the_plan(m: LlamaCppMember, name: int, ctx: list[int]) -> np.ndarray:
+    """Row ``name``'s logits, its tokens sent to llama_decode in the single sequence's groups
+    (aligned 32-token chunks, the remainder, the last token alone; see ``_prefill``)."""
+    c, n = PREFILL_CHUNK, len(ctx)
+    ends = [*range(c, (n - 1) // c * c + 1, c), n - 1, n]
+    out = np.zeros(0)
+    for end in dict.fromkeys(e for e in ends if e > 0):  # increasing, no repeats
+        out = m.next_logits_batch([ctx[:end]], rows=[name])[0].copy()
+    return out
+
+
+@pytest.mark.parametrize("fixture", ["smol4", "gemma4"])
+def test_a_row_decoded_as_the_single_sequence_is_bit_identical(fixture: str, request: pytest.FixtureRequest) -> None:
+    """The batch's own bookkeeping adds nothing to the rounding: where a row's tokens reach
+    ``llama_decode`` in the single sequence's groups, in a batch context holding no other
+    cells, its logits equal the single sequence's bit for bit.  What is left between batched
+    and single decoding is llama.cpp's: the number of tokens in a decode (kernels) and other
+    sequences' cells interleaved with the row's in the unified cache (attention sums)."""
+    m: LlamaCppMember = request.getfixturevalue(fixture)
+    # No BOS, distinct first tokens: a joining row shares no cell computed in another grouping.
+    texts = (
+        "Question: which planet is known as the red planet? Give the answer in one word, then explain"
+        " in a sentence or two why it is called that, and who named it.\nAnswer:",
+        "Once upon a time, in a small village by the sea,",
+        "def fibonacci(n):\n    return",
+    )
+    ctxs = [m.tokenize(t.encode(), add_bos=False) for t in texts]
+    assert len(ctxs[0]) > PREFILL_CHUNK + 2  # an aligned chunk, a remainder and the last token
+    for name, ctx in enumerate(ctxs):
+        m.reset()
+        assert np.array_equal(by_the_plan(m, name, ctx), single(m, ctx)), name
+    # With other sequences' cells in the cache the same row is within rounding (not bits).
+    m.reset()
+    m.next_logits_batch([ctxs[1], ctxs[2]], rows=[10, 11])
+    assert tv(by_the_plan(m, 20, ctxs[0]), single(m, ctxs[0])) < ROUNDING_TV
+    m.reset()
 
 
 def test_rows_roll_back_share_prefixes_and_join_each_on_its_own_sequence(gemma4: LlamaCppMember) -> None:

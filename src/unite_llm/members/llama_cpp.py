@@ -26,7 +26,9 @@ kernels round differently from a single sequence's, so a row's next-token distri
 from ``next_logits``'s on the same context (a total variation of ~0.04 on these Q4_K models, as
 much as chunked vs one-decode prompt evaluation of a single sequence) and depends on the other
 rows of the batch; where outputs must be a function of the prompt alone, keep ``n_seq = 1``
-(the default: rows then decode one by one through ``next_logits``).
+(the default: rows then decode one by one through ``next_logits``).  The bookkeeping itself is
+exact: a row whose tokens are decoded in the single sequence's groups, with no other sequence's
+cells in the cache, gets bit-identical logits (tested).
 """
 
 from __future__ import annotations
