@@ -19,7 +19,7 @@ import pytest
 from unite_llm.engine import DecodeBatch, Ensemble
 from unite_llm.errors import InvalidConfigError
 from unite_llm.members import batch_rows, supports_batch
-from unite_llm.members.llama_cpp import PREFILL_CHUNK, LlamaCppMember
+from unite_llm.members.llama_cpp import PREFILL_CHUNK, LlamaCppMember, prompt_plan
 from unite_llm.sampling import GenerationConfig
 
 ROUNDING_TV = 0.15
@@ -60,11 +60,9 @@ def single(member: LlamaCppMember, ctx: list[int]) -> np.ndarray:
 
 def by_the_plan(m: LlamaCppMember, name: int, ctx: list[int]) -> np.ndarray:
     """Row ``name``'s logits, its tokens sent to llama_decode in the single sequence's groups
-    (aligned 32-token chunks, the remainder, the last token alone; see ``_prefill``)."""
-    c, n = PREFILL_CHUNK, len(ctx)
-    ends = [*range(c, (n - 1) // c * c + 1, c), n - 1, n]
+    (:func:`prompt_plan`: aligned chunks, the remainder, the last token alone)."""
     out = np.zeros(0)
-    for end in dict.fromkeys(e for e in ends if e > 0):  # increasing, no repeats
+    for end in prompt_plan(len(ctx)):
         out = m.next_logits_batch([ctx[:end]], rows=[name])[0].copy()
     return out
 

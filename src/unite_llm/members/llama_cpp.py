@@ -56,6 +56,16 @@ PREFILL_CHUNK = 32
 """Tokens per aligned prompt chunk: the granularity at which a prefix is reused across generations."""
 
 
+def prompt_plan(n: int) -> list[int]:
+    """Where the prompt plan cuts a prompt of ``n`` tokens: the end of each ``llama_decode``, in order.
+
+    Aligned chunks ``[jC, (j+1)C)`` up to the last boundary before the final token, the
+    remainder in one decode, the final token alone (see the module docstring).
+    """
+    end = (n - 1) // PREFILL_CHUNK * PREFILL_CHUNK
+    return [*range(PREFILL_CHUNK, end + 1, PREFILL_CHUNK), *([n - 1] if n - 1 > end else []), n]
+
+
 _log_callback = None
 
 
@@ -292,9 +302,8 @@ class LlamaCppMember:
     def _prefill(self, context: Sequence[int]) -> None:
         """Make the cache hold ``context`` by the prompt plan (see the module docstring).
 
-        The plan depends on ``context`` alone: aligned chunks ``[jC, (j+1)C)`` up to the last
-        boundary before the final token, the remainder in one batch, the final token alone.
-        Chunks already in the cache from an earlier plan with the same tokens are kept.
+        The plan (:func:`prompt_plan`) depends on ``context`` alone.  Chunks already in the cache
+        from an earlier plan with the same tokens are kept.
         """
         self._fresh = False
         n, c = len(context), PREFILL_CHUNK
@@ -302,11 +311,11 @@ class LlamaCppMember:
         keep = min(common_prefix(self._context, context), self._aligned, end)
         keep -= keep % c
         self.llm.n_tokens = keep
-        for pos in range(keep, end, c):
-            self.llm.eval(context[pos : pos + c])  # one llama_decode per chunk while c <= n_batch
-        if n - 1 > end:
-            self.llm.eval(context[end : n - 1])
-        self.llm.eval(context[n - 1 :])
+        start = keep
+        for stop in prompt_plan(n):
+            if stop > keep:  # one llama_decode per piece while c <= n_batch
+                self.llm.eval(context[start:stop])
+                start = stop
         self._aligned = end
         self.n_evaluated += n - keep
 
