@@ -28,7 +28,12 @@ much as chunked vs one-decode prompt evaluation of a single sequence) and depend
 rows of the batch; where outputs must be a function of the prompt alone, keep ``n_seq = 1``
 (the default: rows then decode one by one through ``next_logits``).  The bookkeeping itself is
 exact: a row whose tokens are decoded in the single sequence's groups, with no other sequence's
-cells in the cache, gets bit-identical logits (tested).
+cells in the cache, gets bit-identical logits (tested).  What is left has two causes of about the
+same size, measured by ``bench/bench_batch_invariance.py``: other sequences' cells interleaved with
+a row's in the unified cache, and kernels that change with the number of tokens in a decode
+(repacked Q4_K weights go through a gemm from 4 tokens on).  One stream per sequence
+(``kv_unified`` off) removes the first but not the second, and would stop a joining prompt from
+sharing the other rows' decode, so the cache stays unified.
 """
 
 from __future__ import annotations
