@@ -28,10 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_batching import tv
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-1.5b-instruct"]
@@ -64,12 +68,10 @@ class Context:
         """One ``llama_decode`` of ``(sequence, position, token, wants logits)``; the logits asked for."""
         import llama_cpp
 
-        b = self.batch.batch
-        b.n_tokens = len(items)
-        for j, (seq, pos, tok, logits) in enumerate(items):
-            b.token[j], b.pos[j], b.n_seq_id[j], b.logits[j] = tok, pos, 1, logits
-            b.seq_id[j][0] = seq
-        if llama_cpp.llama_decode(self.ctx.ctx, b) != 0:
+        from unite_llm.members.llama_cpp import fill_batch
+
+        fill_batch(self.batch.batch, items)
+        if llama_cpp.llama_decode(self.ctx.ctx, self.batch.batch) != 0:
             raise RuntimeError("llama_decode failed")
         wanted = [j for j, it in enumerate(items) if it[3]]
         logits = (llama_cpp.llama_get_logits_ith(self.ctx.ctx, j) for j in wanted)
@@ -101,10 +103,6 @@ def measure(member: Any) -> dict[str, Any]:
         track.append(int(np.argmax(outs[-1])))
         outs.append(ref.decode([(0, len(track) - 1, track[-1], True)])[0])
     ref.close()
-
-    def tv(x: np.ndarray, y: np.ndarray) -> float:
-        px, py = np.exp(x - x.max()), np.exp(y - y.max())
-        return 0.5 * float(np.abs(px / px.sum() - py / py.sum()).sum())
 
     def run(unified: bool, n_rows: int, together: bool) -> dict[str, float]:
         c = Context(member, max(n_rows, 2), unified)

@@ -171,12 +171,15 @@ def eval_part(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def tv(a: np.ndarray, b: np.ndarray) -> float:
+    """Total variation between the next-token distributions of two logit vectors."""
+    from unite_llm.methods.base import softmax
+
+    return 0.5 * float(np.abs(softmax(a) - softmax(b)).sum())
+
+
 def rounding(members: list[Any], texts: list[str]) -> dict[str, Any]:
     import llama_cpp
-
-    def tv(a: np.ndarray, b: np.ndarray) -> float:
-        pa, pb = np.exp(a - a.max()), np.exp(b - b.max())
-        return 0.5 * float(np.abs(pa / pa.sum() - pb / pb.sum()).sum())
 
     out: dict[str, Any] = {}
     for m in members:

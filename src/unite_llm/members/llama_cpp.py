@@ -71,6 +71,17 @@ def prompt_plan(n: int) -> list[int]:
     return [*range(PREFILL_CHUNK, end + 1, PREFILL_CHUNK), *([n - 1] if n - 1 > end else []), n]
 
 
+def fill_batch(batch: Any, items: Sequence[tuple[int, int, int, bool]]) -> None:
+    """Write ``(sequence, position, token, wants logits)`` items into a ``llama_batch``, one sequence id each."""
+    batch.n_tokens = len(items)
+    for j, (seq, pos, tok, logits) in enumerate(items):
+        batch.token[j] = tok
+        batch.pos[j] = pos
+        batch.n_seq_id[j] = 1
+        batch.seq_id[j][0] = seq
+        batch.logits[j] = logits
+
+
 _log_callback = None
 
 
@@ -503,13 +514,7 @@ class _Sequences:
             batch = self.batch.batch
             for start in range(0, len(todo), self.n_batch):
                 part = todo[start : start + self.n_batch]
-                batch.n_tokens = len(part)
-                for j, (b, seq, pos, tok) in enumerate(part):
-                    batch.token[j] = tok
-                    batch.pos[j] = pos
-                    batch.n_seq_id[j] = 1
-                    batch.seq_id[j][0] = seq
-                    batch.logits[j] = pos == last[b]
+                fill_batch(batch, [(seq, pos, tok, pos == last[b]) for b, seq, pos, tok in part])
                 code = llama_cpp.llama_decode(self.ctx.ctx, batch)
                 if code != 0:
                     raise RuntimeError(f"llama_decode of {len(part)} tokens over {len(rows)} sequences returned {code}")
