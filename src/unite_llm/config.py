@@ -32,6 +32,12 @@ class EnsembleConfig(BaseModel):
     )
     parallel: bool | None = Field(None, description="step members in threads (default: when there are several)")
     ray_address: str | None = Field(None, description="Ray cluster for ray: members (default: a local one)")
+    gate: float | dict[str, Any] | None = Field(
+        None,
+        description="consult the partners only where the primary's top-1 probability is below this "
+        "(or {threshold, signal: top1|margin}); None: every step",
+    )
+    weighting: list[str] = Field(default_factory=list, description="per-step weighting rules, e.g. ['floor=0.6', 'entropy']")
     generation: dict[str, Any] = Field(default_factory=dict, description="GenerationConfig defaults")
     notes: dict[str, Any] = Field(default_factory=dict, description="free-form provenance (e.g. selection table)")
 
@@ -52,8 +58,40 @@ class EnsembleConfig(BaseModel):
             "parallel": self.parallel,
             "ray_address": self.ray_address,
             "chat_templates": self.chat_templates,
+            "gate": self.gate,
+            "weighting": self.weighting or None,
             **self.member_options,
         }
+
+    @field_validator("gate")
+    @classmethod
+    def _gate(cls, v: float | dict[str, Any] | None) -> float | dict[str, Any] | None:
+        from .methods.gate import make_gate
+
+        try:
+            make_gate(v)
+        except InvalidConfigError as err:
+            raise ValueError(str(err)) from None
+        return v
+
+    @field_validator("weighting")
+    @classmethod
+    def _weighting(cls, v: list[str]) -> list[str]:
+        from .methods.weighting import make_rules
+
+        try:
+            make_rules(v)
+        except InvalidConfigError as err:
+            raise ValueError(str(err)) from None
+        return v
+
+    @classmethod
+    def default(cls) -> EnsembleConfig:
+        """The ensemble used when nothing is said: the default pair with its robust settings
+        (:data:`unite_llm.models.DEFAULT_SETTINGS`, chosen by measurement, see docs/robust.md)."""
+        from .models import DEFAULT_ENSEMBLE, DEFAULT_SETTINGS
+
+        return cls(members=list(DEFAULT_ENSEMBLE), **DEFAULT_SETTINGS)
 
     @classmethod
     def read(cls, path: str | Path) -> EnsembleConfig:

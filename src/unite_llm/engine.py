@@ -36,12 +36,15 @@ from .members import Member, batch_rows, forward_rows, load_member, split_spec, 
 from .members.base import reset_cache, start_sequence
 from .methods import make_method
 from .methods.base import END, BatchView, MemberScores, StepDistribution, StepMethod, candidate_text
+from .methods.gate import Gate, make_gate
+from .methods.weighting import WeightRule, apply_rules, make_rules
 from .models import DEFAULT_ENSEMBLE
 from .prompts import Prompt, force_chat_templates, start_track
 from .sampling import GenerationConfig, choose
 from .scores import DenseScores, Scores, as_scores
 from .stopping import StopStrings
 from .sync import TokenTrack
+from .thread_plan import plan_threads
 
 log = logging.getLogger("unite_llm")
 
@@ -68,6 +71,9 @@ class StepRecord:
     end: bool = False
     """True when the step chose END (the generation stopped; ``chosen`` then reads ``<END>``,
     which a real text piece ``<END>`` can also read: test this flag, not the text)."""
+    ensembled: bool = True
+    """False when the confidence gate was closed: the primary chose alone and the partners
+    were not run (``member_probs`` and ``union`` then hold the primary only)."""
 
     def to_dict(self, *, full: bool = False) -> dict[str, Any]:
         d = asdict(self)
@@ -182,6 +188,8 @@ class Ensemble:
         load_s: float = 0.0,
         parallel: bool | None = None,
         prefix_cache: bool = True,
+        gate: Gate | float | dict[str, Any] | None = None,
+        weighting: Sequence[str | WeightRule] | str | None = None,
     ) -> None:
         if not members:
             raise InvalidConfigError("an ensemble needs at least one member")
@@ -198,6 +206,12 @@ class Ensemble:
         # A lone member is its own primary: it follows its own tokens, so a one-member
         # "ensemble" decodes exactly as the model does by itself.
         if primary is None and len(self.members) == 1:
+            primary = 0
+        self.gate = make_gate(gate)
+        self.weighting = make_rules(weighting)
+        # The gate reads the primary's confidence and a floor keeps the primary's weight, so
+        # either needs a primary: the first member unless one is named.
+        if primary is None and (self.gate is not None or any(r.needs_primary for r in self.weighting)):
             primary = 0
         self.primary = self._index(primary) if primary is not None else None
         self.load_s = load_s
@@ -231,6 +245,8 @@ class Ensemble:
         prefix_cache: bool = True,
         chat_templates: Mapping[str, str] | None = None,
         n_seq: int | None = None,
+        gate: Gate | float | dict[str, Any] | None = None,
+        weighting: Sequence[str | WeightRule] | str | None = None,
         **member_options: Any,
     ) -> Ensemble:
         """Load members from spec strings (``.gguf`` paths, aliases, ``prefix:...``).
@@ -245,16 +261,31 @@ class Ensemble:
         "gemma"}``: a builtin name, a Jinja file or Jinja text; keys are member names or specs).
         ``n_seq`` is how many sequences each in-process llama.cpp member decodes together
         (:meth:`generate_batch`, ``unite serve --max-batch``; default 1: row by row).
+        ``gate`` (a threshold, or ``{"threshold": .., "signal": "top1" | "margin"}``) consults
+        the partners only where the primary is unsure (:mod:`unite_llm.methods.gate`);
+        ``weighting`` lists per-step weighting rules (``["floor=0.6"]``,
+        :mod:`unite_llm.methods.weighting`).
+
+        The thread plan: with a gate, members step one after the other (the primary first,
+        then the partners where the gate opened), each with every core.  Without one and with
+        ``parallel`` and ``n_threads`` unset, each in-process llama.cpp member's decode is timed
+        at load, with every core and with its share of them, and members step in threads only
+        where that is faster than one after the other (:func:`plan_threads`).
         """
         make_method(method, k=k)  # validate settings before the slow part
+        make_gate(gate)
+        make_rules(weighting)
         if ray_address is not None:
             from .members.ray_member import connect
 
             connect(ray_address)
-        parallel = len(specs) > 1 if parallel is None else parallel
         local = [s for s in specs if split_spec(s)[0] == "gguf"]
+        auto = parallel is None and gate is None and member_options.get("n_threads") is None and len(local) > 1
+        if gate is not None and parallel is None:
+            parallel = False  # the primary decides first whether the partners run at all
+        parallel = len(specs) > 1 if parallel is None else parallel
         local_options: dict[str, Any] = {}  # for the in-process llama.cpp members only
-        if parallel and len(local) > 1 and member_options.get("n_threads") is None:
+        if parallel and not auto and len(local) > 1 and member_options.get("n_threads") is None:
             local_options["n_threads"] = max(1, (os.cpu_count() or 1) // len(local))  # one core budget each
         if n_seq is not None:
             local_options["n_seq"] = n_seq
@@ -264,6 +295,8 @@ class Ensemble:
             for spec in specs:
                 members.append(load_member(spec, **member_options, **(local_options if spec in local else {})))
             force_chat_templates(members, chat_templates or {}, specs)
+            if auto:
+                parallel = plan_threads([m for m, s in zip(members, specs) if s in local], os.cpu_count() or 1)
         except BaseException:
             for m in members:
                 m.close()
@@ -277,6 +310,8 @@ class Ensemble:
             load_s=time.perf_counter() - t0,
             parallel=parallel,
             prefix_cache=prefix_cache,
+            gate=gate,
+            weighting=weighting,
         )
 
     @classmethod
@@ -405,8 +440,9 @@ class Ensemble:
             finally:
                 self._owner = None
 
-    def _forward(self, contexts: list[Any], rows: list[int] | None = None) -> list[Any]:
-        """Every member's next-token logits for its context (one entry per member).
+    def _forward(self, contexts: list[Any], rows: list[int] | None = None, only: Sequence[int] | None = None) -> list[Any]:
+        """Every member's next-token logits for its context (one entry per member; with
+        ``only``, those members run and the others' entries are ``None``).
 
         Batched (``rows`` names the active rows): each entry is a list of contexts, one
         per row, and each member returns ``[len(rows), vocab]`` scores in one pass.
@@ -418,13 +454,19 @@ class Ensemble:
         def run(member: Member, ctx: Any) -> Any:
             return forward_rows(member, ctx, rows) if rows is not None else member.next_logits(ctx)
 
-        if not self.parallel:
-            return [run(m, ctx) for m, ctx in zip(self.members, contexts)]
+        chosen = range(len(self.members)) if only is None else only
+        out: list[Any] = [None] * len(self.members)
+        if not self.parallel or len(chosen) == 1:
+            for i in chosen:
+                out[i] = run(self.members[i], contexts[i])
+            return out
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=len(self.members), thread_name_prefix="unite-member")
-        futures = [self._pool.submit(run, m, ctx) for m, ctx in zip(self.members, contexts)]
-        wait(futures)  # all finish before an error is raised: no member is left mid-step
-        return [f.result() for f in futures]
+        futures = {i: self._pool.submit(run, self.members[i], contexts[i]) for i in chosen}
+        wait(futures.values())  # all finish before an error is raised: no member is left mid-step
+        for i, f in futures.items():
+            out[i] = f.result()
+        return out
 
     def _first_subtoken(self, i: int, candidate: bytes) -> int | None:
         cache = self._subtoken_cache[i]
@@ -434,34 +476,48 @@ class Ensemble:
         return cache[candidate]
 
     def _step(
-        self, scores: list[Any], rows: list[_Row], *, batched: bool, ignore_eos: bool
+        self, scores: list[Any], rows: list[_Row], *, batched: bool, ignore_eos: bool, consulted: Sequence[int]
     ) -> list[tuple[StepDistribution, list[Scores]]]:
-        """Per active row: the step distribution and each member's scores of that row.
+        """Per active row: the step distribution and the consulted members' scores of that row.
 
+        ``scores`` and the distributions' member rows follow ``consulted`` (every member, or
+        the primary alone where the gate is closed; a lone member is stepped with weight 1).
         One row: each member's answer is that row's scores.  A batch: a method that
         declares ``batched`` steps every row at once on the members' own ``[rows, vocab]``
         scores (UniTE's top-k stays on the device); any other gets host copies, row by row.
+        The weighting rules then re-mix each row's member distributions.
         """
-        subtokens = self._subtoken_fns
+        members = [self.members[i] for i in consulted]
+        subtokens = [self._subtoken_fns[i] for i in consulted]
+        alone = len(consulted) < len(self.members)
+
+        def weights_of(row: _Row) -> np.ndarray:
+            return np.ones(1) if alone else row.weights
+
+        out: list[tuple[StepDistribution, list[Scores]]]
         if not batched:
             single = [as_scores(s) for s in scores]
-            views = [MemberScores(m.name, lg, m.vocab, f) for m, lg, f in zip(self.members, single, subtokens)]
-            return [(self.method(views, rows[0].weights, ignore_eos=ignore_eos), single)]
-        if self.method.batched:
-            view = BatchView(self.names, [m.vocab for m in self.members], subtokens)
-            weights = np.stack([row.weights for row in rows])
+            views = [MemberScores(m.name, lg, m.vocab, f) for m, lg, f in zip(members, single, subtokens)]
+            out = [(self.method(views, weights_of(rows[0]), ignore_eos=ignore_eos), single)]
+        elif self.method.batched:
+            view = BatchView([m.name for m in members], [m.vocab for m in members], subtokens)
+            weights = np.stack([weights_of(row) for row in rows])
             dists, gathered = self.method.step_batch(scores, view, weights, ignore_eos=ignore_eos)
-            return list(zip(dists, gathered))
-        host = [_host_rows(s) for s in scores]
-        out: list[tuple[StepDistribution, list[Scores]]] = []
-        for b, row in enumerate(rows):
-            logits: list[Scores] = [DenseScores(h[b]) for h in host]
-            views = [MemberScores(m.name, lg, m.vocab, f) for m, lg, f in zip(self.members, logits, subtokens)]
-            out.append((self.method(views, row.weights, ignore_eos=ignore_eos), logits))
+            out = list(zip(dists, gathered))
+        else:
+            host = [_host_rows(s) for s in scores]
+            out = []
+            for b, row in enumerate(rows):
+                logits: list[Scores] = [DenseScores(h[b]) for h in host]
+                views = [MemberScores(m.name, lg, m.vocab, f) for m, lg, f in zip(members, logits, subtokens)]
+                out.append((self.method(views, weights_of(row), ignore_eos=ignore_eos), logits))
+        if self.weighting and not alone:
+            for (dist, _), row in zip(out, rows):
+                dist.probs = apply_rules(self.weighting, row.weights, dist.member_probs, self.primary)
         return out
 
-    def _record(self, index: int, dist: StepDistribution, choice: int) -> StepRecord:
-        names = self.names
+    def _record(self, index: int, dist: StepDistribution, choice: int, consulted: Sequence[int]) -> StepRecord:
+        names = [self.names[i] for i in consulted]
         union = [
             {
                 "text": candidate_text(c),
@@ -481,10 +537,13 @@ class Ensemble:
             union=union,
             aligned=dist.aligned,
             end=dist.candidates[choice] is END,
+            ensembled=len(names) == len(self.members),
         )
 
-    def _append(self, tracks: list[TokenTrack], candidate: bytes, logits: Sequence[Scores]) -> bytes:
-        """Append the chosen candidate to every member; returns the bytes appended."""
+    def _append(self, tracks: list[TokenTrack], candidate: bytes, primary_logits: Scores | None) -> bytes:
+        """Append the chosen candidate to every member (a member the gate skipped gets the text
+        too, and evaluates it when next consulted); returns the bytes appended.  In primary mode
+        ``primary_logits`` are the primary's scores of this step."""
         if self.primary is None:
             for t in tracks:
                 t.append(candidate)
@@ -494,7 +553,8 @@ class Ensemble:
         vocab = self.members[p].vocab
         ids = vocab.ids_of(candidate)
         if ids:
-            values = logits[p].at(ids)
+            assert primary_logits is not None
+            values = primary_logits.at(ids)
             tid = ids[int(np.argmax(values))]  # the first of equal scores, as max() picks
         else:
             sub = self._first_subtoken(p, candidate)
@@ -602,12 +662,28 @@ class DecodeBatch:
         """Drop a row (its client went away); the others go on undisturbed."""
         self.rows.pop(rid, None)
 
-    def _forward(self, ids: list[int]) -> list[Any]:
+    def _forward(self, ids: list[int], only: Sequence[int] | None = None) -> list[Any]:
         ens = self.ensemble
         if not self.batched:
-            return ens._forward([t.tokens for t in self.rows[ids[0]].tracks])
+            return ens._forward([t.tokens for t in self.rows[ids[0]].tracks], only=only)
         contexts = [[self.rows[r].tracks[i].tokens for r in ids] for i in range(len(ens.members))]
-        return ens._forward(contexts, rows=[self._base + r for r in ids])
+        return ens._forward(contexts, rows=[self._base + r for r in ids], only=only)
+
+    def _gated_forward(self, ids: list[int]) -> tuple[list[Any], np.ndarray]:
+        """The primary first; the partners only if the gate opens for some row (a batch runs
+        them over every row, so no row's sequence is dropped).  Returns the scores and, per
+        row, whether it is ensembled this step."""
+        ens = self.ensemble
+        assert ens.gate is not None and ens.primary is not None
+        p = ens.primary
+        scores = self._forward(ids, only=[p])
+        is_open = ens.gate.is_open(scores[p], len(ens.members[p].vocab))
+        if is_open.any() and len(ens.members) > 1:
+            partners = self._forward(ids, only=[i for i in range(len(ens.members)) if i != p])
+            scores = [scores[p] if i == p else partners[i] for i in range(len(ens.members))]
+        else:
+            is_open[:] = False
+        return scores, is_open
 
     def step(self) -> list[tuple[int, StreamChunk]]:
         """One forward pass and one ensemble step of every active row: ``(row id, chunk)``
@@ -617,7 +693,10 @@ class DecodeBatch:
         if not ids:
             return []
         t_fwd = time.perf_counter()
-        scores = self._forward(ids)
+        if ens.gate is None:
+            scores, is_open = self._forward(ids), np.ones(len(ids), dtype=bool)
+        else:
+            scores, is_open = self._gated_forward(ids)
         now = time.perf_counter()
         out: list[tuple[int, StreamChunk]] = []
         stepping: list[int] = []  # positions in ids of the rows that step now
@@ -632,26 +711,33 @@ class DecodeBatch:
                 out.append((rid, self._finish(rid)))
             else:
                 stepping.append(j)
-        groups: dict[bool, list[int]] = {}  # the step method takes one ignore_eos per call
+        everyone = list(range(len(ens.members)))
+        alone = [ens.primary] if ens.primary is not None else everyone
+        # The step method takes one ignore_eos and one set of members per call.
+        groups: dict[tuple[bool, bool], list[int]] = {}
         for j in stepping:
-            groups.setdefault(self.rows[ids[j]].config.ignore_eos, []).append(j)
-        for ignore_eos, group in groups.items():
-            part = scores
+            groups.setdefault((self.rows[ids[j]].config.ignore_eos, bool(is_open[j])), []).append(j)
+        for (ignore_eos, ensembled), group in groups.items():
+            consulted = everyone if ensembled else alone
+            part = [scores[i] for i in consulted]
             if self.batched and group != list(range(len(ids))):
-                part = [s[group] for s in scores]
+                part = [s[group] for s in part]
             rows = [self.rows[ids[j]] for j in group]
-            results = ens._step(part, rows, batched=self.batched, ignore_eos=ignore_eos)
+            results = ens._step(part, rows, batched=self.batched, ignore_eos=ignore_eos, consulted=consulted)
             for j, (dist, logits) in zip(group, results):
-                out.extend(self._advance(ids[j], dist, logits))
+                out.extend(self._advance(ids[j], dist, logits, consulted))
         return out
 
-    def _advance(self, rid: int, dist: StepDistribution, logits: list[Scores]) -> list[tuple[int, StreamChunk]]:
+    def _advance(
+        self, rid: int, dist: StepDistribution, logits: list[Scores], consulted: Sequence[int]
+    ) -> list[tuple[int, StreamChunk]]:
         """Choose a row's candidate, append it to every member's track, and say what to show."""
         ens, row = self.ensemble, self.rows[rid]
         index = len(row.steps)
         choice = choose(dist.probs, row.config, row.rng)
-        record = ens._record(index, dist, choice)
-        record.approximated = [f"{name}: {t}" for name, lg in zip(ens.names, logits) for t in lg.approximated]
+        record = ens._record(index, dist, choice, consulted)
+        names = [ens.names[i] for i in consulted]
+        record.approximated = [f"{name}: {t}" for name, lg in zip(names, logits) for t in lg.approximated]
         row.steps.append(record)
         row.timing.steps += 1
         log.debug(
@@ -663,7 +749,8 @@ class DecodeBatch:
             return [(rid, self._finish(rid))]
         assert isinstance(candidate, bytes)
         before = len(row.output)
-        row.output += ens._append(row.tracks, candidate, logits)
+        primary_logits = logits[list(consulted).index(ens.primary)] if ens.primary is not None else None
+        row.output += ens._append(row.tracks, candidate, primary_logits)
         hit = row.stops.find(row.output, before)
         if hit is not None:
             row.output = row.output[: hit[0]]

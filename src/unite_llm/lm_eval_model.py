@@ -65,7 +65,7 @@ from tqdm import tqdm
 
 from .engine import Ensemble
 from .errors import InvalidConfigError
-from .loglik import Chat, Context, ensemble_loglik, ensemble_rolling_loglik, greedy_prefixes, mixture
+from .loglik import Chat, Context, choice_mixture, ensemble_loglik, ensemble_rolling_loglik, greedy_prefixes, mixture
 from .models import DEFAULT_ENSEMBLE
 from .sampling import GenerationConfig
 
@@ -268,10 +268,16 @@ class UniteLM(LM):
         bar = tqdm(total=len(requests), disable=disable_tqdm, desc="unite loglikelihood")
         # A question's choices together: members reuse the log-probabilities of the shared context,
         # and one greedy decode answers is_greedy for all of them.
+        ens = self.ensemble
         for text, rows in by_context.items():
             context = as_context(text)
-            lls = [self._loglik(text, context, requests[i].args[1]) for i in rows]
             conts = [requests[i].args[1] for i in rows]
+            members = np.array([self._member_lls(text, context, c) for c in conts]).T  # [member, choice]
+            if len(rows) > 1 and (ens.gate is not None or ens.weighting):
+                # A robust ensemble ranks a question's choices as UniTE ranks a union (loglik.choice_mixture).
+                lls = choice_mixture(members, ens.weights, rules=ens.weighting, primary=ens.primary, gate=ens.gate).tolist()
+            else:
+                lls = [mixture(col, ens.weights) for col in members.T]
             greedy = greedy_prefixes(self.ensemble, context, conts) if self.greedy_check else [False] * len(rows)
             for i, ll, g in zip(rows, lls, greedy):
                 results[i] = (ll, g)
@@ -280,15 +286,15 @@ class UniteLM(LM):
         bar.close()
         return [r if r is not None else (float("nan"), False) for r in results]
 
-    def _loglik(self, text: str, context: Context, continuation: str) -> float:
-        """The ensemble's log-likelihood, from the scores file when it has the request."""
+    def _member_lls(self, text: str, context: Context, continuation: str) -> list[float]:
+        """Every member's log-likelihood of the request, from the scores file when it has it."""
         known = self.scores.get(text, continuation) if self.scores is not None else None
         if known is not None:
-            return mixture(known, self.ensemble.weights)
-        ll, lls = ensemble_loglik(self.ensemble, context, continuation, pool=self._pool)
+            return known
+        _, lls = ensemble_loglik(self.ensemble, context, continuation, pool=self._pool)
         if self.scores is not None:
             self.scores.add(text, continuation, self.ensemble.weights, lls)
-        return ll
+        return lls
 
     def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
         results: list[float] = []

@@ -53,6 +53,8 @@ import numpy as np
 
 from .errors import ContextLengthError, InvalidConfigError, InvalidInputError
 from .members.base import Member, common_prefix, token_logprobs, token_top_logprobs
+from .methods.gate import Gate
+from .methods.weighting import WeightRule, apply_rules
 from .prompts import as_utf8, render_chat
 from .sync import TokenTrack
 from .vocab import incomplete_utf8_tail
@@ -212,6 +214,42 @@ def mixture(logprobs: Sequence[float] | np.ndarray, weights: Sequence[float] | n
     if top == -math.inf:
         return -math.inf
     return top + math.log(float(np.exp(terms - top).sum()))
+
+
+def choice_mixture(
+    logprobs: Sequence[Sequence[float]] | np.ndarray,
+    weights: Sequence[float] | np.ndarray,
+    *,
+    rules: Sequence[WeightRule] = (),
+    primary: int | None = None,
+    gate: Gate | None = None,
+) -> np.ndarray:
+    """The ensemble's log-likelihoods of one question's choices, ``logprobs[member][choice]``:
+    UniTE's rule applied to the choices instead of a union of tokens.
+
+    Each member is renormalised over the choices (``q_i = softmax(ll_i)``: its answer, given
+    that the answer is one of them), so a member's absolute likelihood of the texts (a base
+    model's fluency) no longer outvotes another's preference; the gate reads the primary's
+    ``q``, and where it stays closed the primary's own log-likelihoods are returned; otherwise
+    the weighting rules mix the ``q_i``.  The result is ``log sum_i w_i q_i + sum_i w_i log Z_i``:
+    the constant (``Z_i`` a member's total over the choices) makes a one-member ensemble give
+    exactly its own log-likelihoods, and keeps per-character normalisation (``acc_norm``)
+    meaningful.
+    """
+    lls = np.asarray(logprobs, dtype=np.float64)
+    if lls.ndim != 2 or lls.shape[1] == 0:
+        raise ValueError(f"choice_mixture needs [members, choices] log-likelihoods, got shape {lls.shape}")
+    if lls.shape[0] == 1:
+        return lls[0].copy()
+    if gate is not None and primary is not None and not gate.is_open(lls[primary], lls.shape[1])[0]:
+        return lls[primary].copy()
+    top = lls.max(axis=1, keepdims=True)
+    logz = top[:, 0] + np.log(np.exp(lls - top).sum(axis=1))
+    q = np.exp(lls - logz[:, None])
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    with np.errstate(divide="ignore"):
+        return np.log(apply_rules(rules, w, q, primary)) + float(w @ logz)
 
 
 def _each_member(ensemble: Ensemble, fn: Callable[[Member], float], pool: ThreadPoolExecutor | None) -> list[float]:

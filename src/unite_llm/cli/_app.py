@@ -58,6 +58,36 @@ def parse_floats(text: str | None, what: str) -> list[float] | None:
     return out
 
 
+def parse_gate(text: str | None) -> float | dict[str, Any] | bool | None:
+    """``--gate`` text: ``0.2`` (the primary's top-1 probability), ``margin=0.1`` (top-1 minus
+    top-2), ``off`` (consult every member every step); None when the flag is not given.
+
+    ``off`` comes back as False, so that it overrides a gate from the config or the default.
+    """
+    from ..errors import InvalidConfigError
+
+    if text is None:
+        return None
+    text = text.strip()
+    if text.lower() in ("off", "none", "no"):
+        return False
+    signal, sep, num = text.rpartition("=")
+    try:
+        threshold = float(num)
+    except ValueError:
+        raise InvalidConfigError(f"--gate {text!r}: expected a threshold, SIGNAL=THRESHOLD (top1, margin) or off") from None
+    return {"threshold": threshold, "signal": signal} if sep else threshold
+
+
+def parse_weighting(text: str | None) -> list[str] | bool | None:
+    """``--weighting`` text: comma-separated rules (``floor=0.6,entropy``) or ``off``."""
+    if text is None:
+        return None
+    if text.strip().lower() in ("off", "none", "no"):
+        return False
+    return [r for r in text.replace(" ", "").split(",") if r]
+
+
 def parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
     """``["gemma3-270m=gemma"]`` -> ``{"gemma3-270m": "gemma"}``, with an error that names a bad item."""
     from ..errors import InvalidConfigError
@@ -85,13 +115,18 @@ def build_ensemble(
     ray_address: str | None = None,
     chat_templates: list[str] | None = None,
     n_seq: int | None = None,
+    gate: str | None = None,
+    weighting: str | None = None,
 ) -> Any:
-    """The ensemble named by ``-m`` flags or ``--config`` (flags win), else the default pair."""
+    """The ensemble named by ``-m`` flags or ``--config`` (flags win), else the default pair
+    with its robust settings (:meth:`EnsembleConfig.default`)."""
     from ..config import EnsembleConfig
     from ..engine import Ensemble
-    from ..models import DEFAULT_ENSEMBLE
 
-    cfg = EnsembleConfig.read(config) if config else EnsembleConfig(members=list(models or DEFAULT_ENSEMBLE))
+    if config:
+        cfg = EnsembleConfig.read(config)
+    else:
+        cfg = EnsembleConfig(members=list(models)) if models else EnsembleConfig.default()
     kwargs = cfg.ensemble_kwargs()
     if models:
         kwargs["specs"] = list(models)
@@ -108,8 +143,13 @@ def build_ensemble(
         "ray_address": ray_address,
         "chat_templates": parse_pairs(chat_templates, "--chat-template") or None,
         "n_seq": n_seq,
+        "gate": parse_gate(gate),
+        "weighting": parse_weighting(weighting),
     }
     kwargs.update({key: v for key, v in overrides.items() if v is not None})
+    for key in ("gate", "weighting"):  # 'off' clears what the config or the default set
+        if kwargs.get(key) is False:
+            kwargs[key] = None
     from ..methods import make_method
 
     make_method(kwargs["method"], k=kwargs["k"])  # fail on bad settings before loading models

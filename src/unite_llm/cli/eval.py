@@ -6,8 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._app import app, parse_floats, user_errors
-from .generate import ConfigOpt, ModelOpt
+from ._app import app, parse_floats, parse_gate, parse_weighting, user_errors
+from .generate import ConfigOpt, GateOpt, ModelOpt, WeightingOpt
 
 
 def parse_limits(values: list[str] | None) -> int | dict[str, int] | None:
@@ -63,6 +63,8 @@ def eval_cmd(
     k: Annotated[Optional[int], typer.Option("--k", help="Top-k per member.")] = None,
     weights: Annotated[Optional[str], typer.Option(help="Comma-separated member weights.")] = None,
     primary: Annotated[Optional[str], typer.Option(help="Primary member of the ensemble.")] = None,
+    gate: GateOpt = None,
+    weighting: WeightingOpt = None,
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", "-n", help="Override the task's budget.")] = None,
     validation: Annotated[bool, typer.Option(help="Use the task's validation split.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Discard stored results made with other settings.")] = False,
@@ -96,11 +98,16 @@ def eval_cmd(
     from ..eval import RESULT_TASKS, Task, build_systems, command_line, evaluate_systems
     from ..members import load_member, split_spec
     from ..methods import make_method
-    from ..models import DEFAULT_ENSEMBLE
 
     tasks = [t for name in task for t in (RESULT_TASKS if name == "paper" else (name,))]
     loaded = [Task.load(t, setting=setting, datasets_dir=datasets) for t in tasks]  # bad task names fail before loading models
-    cfg = EnsembleConfig.read(config) if config else EnsembleConfig(members=list(model or DEFAULT_ENSEMBLE))
+    if config:
+        cfg = EnsembleConfig.read(config)
+    else:
+        cfg = EnsembleConfig(members=list(model)) if model else EnsembleConfig.default()
+    gate_val, weighting_val = parse_gate(gate), parse_weighting(weighting)
+    gate_val = cfg.gate if gate_val is None else (gate_val or None)
+    weighting_val = cfg.weighting if weighting_val is None else (weighting_val or None)
     specs = list(model) if model else cfg.members
     methods = list(method) if method else ["single", cfg.method]
     k_val = k if k is not None else cfg.k
@@ -120,7 +127,9 @@ def eval_cmd(
         for spec in specs:
             seqs = {"n_seq": batch_size} if batch_size > 1 and split_spec(spec)[0] == "gguf" else {}
             members.append(load_member(spec, **opts, **seqs))
-        systems = build_systems(members, methods, k=k_val, weights=w, primary=primary or cfg.primary)
+        systems = build_systems(
+            members, methods, k=k_val, weights=w, primary=primary or cfg.primary, gate=gate_val, weighting=weighting_val
+        )
         summary = evaluate_systems(
             loaded,
             systems,

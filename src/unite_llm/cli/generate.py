@@ -16,6 +16,17 @@ ModelOpt = Annotated[
     Optional[list[str]], typer.Option("-m", "--model", help="Member: .gguf path, alias or prefix:spec. Repeat for each member.")
 ]
 ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="Ensemble config file (JSON/YAML/TOML).")]
+GateOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Consult the partners only on steps where the primary is unsure: THRESHOLD on its top-1 probability, "
+        "margin=THRESHOLD on top-1 minus top-2, or off. Default: the default ensemble's gate, else off."
+    ),
+]
+WeightingOpt = Annotated[
+    Optional[str],
+    typer.Option(help="Per-step weighting rules, comma-separated: floor=F (primary's weight at least F), entropy; or off."),
+]
 ChatTemplateOpt = Annotated[
     Optional[list[str]],
     typer.Option(
@@ -45,6 +56,8 @@ def generate(
         Optional[str], typer.Option(help="Method: unite (default), gac, deepen, deepen-fit, packllm, rank.")
     ] = None,
     primary: Annotated[Optional[str], typer.Option(help="Primary member: output follows its tokens.")] = None,
+    gate: GateOpt = None,
+    weighting: WeightingOpt = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n")] = 128,
     temperature: float = 0.0,
     top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
@@ -91,6 +104,8 @@ def generate(
         parallel=parallel,
         ray_address=ray_address,
         chat_templates=chat_template,
+        gate=gate,
+        weighting=weighting,
     )
     chat = chat or cfg.chat
     if system and not chat:

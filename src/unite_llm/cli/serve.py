@@ -8,7 +8,7 @@ import typer
 
 from ..errors import InvalidConfigError
 from ._app import app, build_ensemble, setup_logging, user_errors
-from .generate import ChatTemplateOpt, ConfigOpt, ModelOpt
+from .generate import ChatTemplateOpt, ConfigOpt, GateOpt, ModelOpt, WeightingOpt
 
 
 @app.command()
@@ -24,6 +24,8 @@ def serve(
     k: Annotated[Optional[int], typer.Option("--k", help="Top-k per member (paper: 10).")] = None,
     weights: Annotated[Optional[str], typer.Option(help="Comma-separated member weights, e.g. 0.6,0.4.")] = None,
     method: Annotated[Optional[str], typer.Option(help="Step method (unite).")] = None,
+    gate: GateOpt = None,
+    weighting: WeightingOpt = None,
     primary: Annotated[Optional[str], typer.Option(help="Primary member: output follows its tokens.")] = None,
     n_ctx: Annotated[Optional[int], typer.Option("--n-ctx", help="Context window per member.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads per member.")] = None,
@@ -78,6 +80,8 @@ def serve(
         threads=threads,
         chat_templates=chat_template,
         n_seq=max_batch if max_batch > 1 else None,
+        gate=gate,
+        weighting=weighting,
     )
     ens.prefix_cache = prefix_cache
     api = create_app(

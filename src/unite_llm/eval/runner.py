@@ -85,15 +85,21 @@ def ensemble_system(
     weights: Sequence[float] | None = None,
     primary: str | None = None,
     label: str | None = None,
+    gate: Any = None,
+    weighting: Any = None,
 ) -> System:
-    ens = Ensemble(list(members), weights=weights, k=k, method=method, primary=primary)
-    settings = {
+    ens = Ensemble(list(members), weights=weights, k=k, method=method, primary=primary, gate=gate, weighting=weighting)
+    settings: dict[str, Any] = {
         "members": [member_identity(m) for m in members],
         "method": method,
         "k": k,
         "weights": [round(float(w), 6) for w in ens.weights],
         "primary": primary,
     }
+    if ens.gate is not None:  # only when set, so results stored before gates existed still resume
+        settings["gate"] = {"threshold": ens.gate.threshold, "signal": ens.gate.signal}
+    if ens.weighting:
+        settings["weighting"] = [r.spec() for r in ens.weighting]
     if label is None:
         # Settings other than the defaults are part of the label, so each gets its own results file.
         extra = [f"k={k}"] if k != 10 else []
@@ -101,6 +107,10 @@ def ensemble_system(
             extra.append("w=" + "/".join(f"{w:.2f}" for w in ens.weights))
         if primary is not None:
             extra.append(f"primary={primary}")
+        if ens.gate is not None:
+            extra.append(f"gate={'' if ens.gate.signal == 'top1' else ens.gate.signal + '='}{ens.gate.threshold:g}")
+        if ens.weighting:
+            extra.extend(r.spec() for r in ens.weighting)
         label = f"{method}({'+'.join(m.name for m in members)})" + (f"[{','.join(extra)}]" if extra else "")
     return System(label, method, ens, settings)
 
@@ -112,6 +122,8 @@ def build_systems(
     k: int = 10,
     weights: Sequence[float] | None = None,
     primary: str | None = None,
+    gate: Any = None,
+    weighting: Any = None,
 ) -> list[System]:
     """``single`` -> one system per member; any other method -> the ensemble of all members."""
     from ..methods import METHODS
@@ -123,7 +135,9 @@ def build_systems(
         elif method in METHODS:
             if len(members) < 2:
                 raise InvalidConfigError(f"method {method!r} needs at least two members")
-            systems.append(ensemble_system(members, method, k=k, weights=weights, primary=primary))
+            systems.append(
+                ensemble_system(members, method, k=k, weights=weights, primary=primary, gate=gate, weighting=weighting)
+            )
         else:
             known = ", ".join([SINGLE, *sorted(METHODS)])
             raise InvalidConfigError(f"unknown method {method!r} (known: {known})")
@@ -315,6 +329,8 @@ def run_items(task: Task, system: System, items: Sequence[Item], gen: Generation
                 "finish_reason": out.finish_reason,
                 "time_s": round(elapsed, 4),
                 "mean_union": round(sum(unions) / len(unions), 3) if unions else 0.0,
+                # the fraction of steps on which every member was consulted (below 1: a gate)
+                "ensembled": round(sum(s.ensembled for s in out.steps) / len(out.steps), 3) if out.steps else 1.0,
             }
         )
     return records
@@ -415,6 +431,7 @@ def summarize(results: Sequence[dict[str, Any]], *, by_group: bool = False) -> d
         "mean_chars": mean("chars"),
         "mean_time_s": mean("time_s"),
         "mean_union": mean("mean_union"),
+        "mean_ensembled": round(sum(float(r.get("ensembled", 1.0)) for r in results) / n, 4) if n else 0.0,
         "empty_answers": sum(1 for r in results if not r.get("extracted")),
     }
     if by_group:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -426,6 +427,31 @@ class LlamaCppMember:
                 emb = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
                 return emb.reshape(self._n_vocab, -1)
         raise InvalidConfigError(f"{self.path} has no token_embd.weight tensor")
+
+    def set_threads(self, n_threads: int) -> None:
+        """Threads for the next decodes (llama.cpp changes them between calls, at no cost)."""
+        import llama_cpp
+
+        check_options(n_threads=n_threads)
+        llama_cpp.llama_set_n_threads(self.llm.ctx, n_threads, n_threads)
+        if self._seqs is not None:
+            llama_cpp.llama_set_n_threads(self._seqs.ctx.ctx, n_threads, n_threads)
+
+    def decode_ms(self, n_threads: int, reps: int = 3) -> float:
+        """Median milliseconds of one single-token decode with ``n_threads`` (the thread plan's
+        measurement, :func:`unite_llm.thread_plan.plan_threads`); forgets the KV cache."""
+        self.set_threads(n_threads)
+        tokens = self.tokenize(b"The quick brown fox jumps over the lazy dog", add_bos=True)
+        self.llm.reset()
+        self.llm.eval(tokens[:-1])
+        times = []
+        for _ in range(reps + 1):  # the first one warms the threads up
+            self.llm.n_tokens = len(tokens) - 1
+            t0 = time.perf_counter()
+            self.llm.eval(tokens[-1:])
+            times.append(time.perf_counter() - t0)
+        self.reset()
+        return 1000 * float(np.median(times[1:]))
 
     def reset(self) -> None:
         """Forget the KV cache: the next context is evaluated from scratch."""
