@@ -8,9 +8,11 @@ read it; command-line flags override it.
 from __future__ import annotations
 
 import json
+import math
+import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -44,8 +46,8 @@ class EnsembleConfig(BaseModel):
     @field_validator("weights")
     @classmethod
     def _positive(cls, v: list[float] | None) -> list[float] | None:
-        if v is not None and any(w <= 0 for w in v):
-            raise ValueError("weights must be positive")
+        if v is not None and any(not math.isfinite(w) or w <= 0 for w in v):
+            raise ValueError("weights must be positive finite numbers")
         return v
 
     def ensemble_kwargs(self) -> dict[str, Any]:
@@ -95,34 +97,80 @@ class EnsembleConfig(BaseModel):
 
     @classmethod
     def read(cls, path: str | Path) -> EnsembleConfig:
+        from .textfiles import parse_yaml, read_text
+
         path = Path(path)
         if not path.is_file():
             raise InvalidConfigError(f"config file not found: {path}")
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path, "config file")
+        if path.suffix in (".yaml", ".yml"):
+            data = parse_yaml(text, str(path))  # aliases bounded: an alias bomb is refused at once
+            return cls.parse(data, path)
         try:
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text)
-            elif path.suffix == ".toml":
+            if path.suffix == ".toml":
                 data = tomllib.loads(text)
             else:
                 data = json.loads(text)
         except Exception as err:
             raise InvalidConfigError(f"cannot parse {path}: {err}") from None
+        return cls.parse(data, path)
+
+    @classmethod
+    def parse(cls, data: Any, where: str | Path = "config") -> EnsembleConfig:
+        """A config from parsed data; anything wrong is one :class:`InvalidConfigError`."""
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            raise InvalidConfigError(f"invalid config {path}: {err}") from None
+            raise InvalidConfigError(f"invalid config {where}: {err}") from None
+
+    WRITABLE: ClassVar[tuple[str, ...]] = (".json", ".yaml", ".yml", ".toml")
+
+    @classmethod
+    def check_writable(cls, path: str | Path) -> Path:
+        """Refuse a path :meth:`write` could not write, before any work is done (a selection
+        runs for minutes before it writes): a suffix it cannot read back, a directory, a folder
+        that cannot be created or written."""
+        path = Path(path)
+        if path.suffix not in cls.WRITABLE:
+            raise InvalidConfigError(f"cannot write a config as {path.name!r}: use one of {', '.join(cls.WRITABLE)}")
+        if path.is_dir():
+            raise InvalidConfigError(f"cannot write the config to {path}: it is a directory")
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+            raise InvalidConfigError(f"cannot write the config to {path}: {parent} is not a writable directory")
+        return path
 
     def write(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write as JSON, YAML or TOML (by suffix; each reads back with :meth:`read`)."""
+        path = self.check_writable(path)
         data = self.model_dump(exclude_defaults=False)
         if path.suffix in (".yaml", ".yml"):
             import yaml
 
-            path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+            text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        elif path.suffix == ".toml":
+            import tomli_w
+
+            try:
+                text = tomli_w.dumps(_without_none(data))  # TOML has no null: an unset field is left out
+            except TypeError as err:
+                raise InvalidConfigError(f"cannot write {path} as TOML: {err}") from None
         else:
-            path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        except OSError as err:
+            raise InvalidConfigError(f"cannot write the config to {path}: {err.strerror or err}") from None
         return path
+
+
+def _without_none(value: Any) -> Any:
+    """``value`` with every None dropped from its mappings (TOML cannot write null)."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value

@@ -230,6 +230,7 @@ class Ensemble:
         ]  # built once, not per step
         self._lock = threading.Lock()
         self._owner: int | None = None
+        self._closed = False
 
     @classmethod
     def load(
@@ -337,7 +338,9 @@ class Ensemble:
         return self.names.index(ref)
 
     def close(self) -> None:
-        """Free the members (after a generation running in another thread has finished)."""
+        """Free the members (after a generation running in another thread has finished).
+
+        Closing twice is harmless; any use after it raises ``RuntimeError``."""
         if self._owner == threading.get_ident():  # this thread's own open stream: it cannot finish first
             self._close()
             return
@@ -345,13 +348,24 @@ class Ensemble:
             self._close()
 
     def _close(self) -> None:
+        self._closed = True
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
         for m in self.members:
             m.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        """Refuse work once closed: the members' llama.cpp memory is freed, and reading it kills the process."""
+        if self._closed:
+            raise RuntimeError("this Ensemble is closed (close() or its with-block ended): load a new one")
+
     def __enter__(self) -> Ensemble:
+        self._check_open()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -376,6 +390,7 @@ class Ensemble:
         a transformers pipeline: it returns one :class:`GenerationOutput` per prompt
         (see :meth:`generate_batch`).
         """
+        self._check_open()
         if _is_batch(prompt):
             return self.generate_batch(cast("list[Prompt]", prompt), config, chat=chat, **kwargs)
         out = None
@@ -389,6 +404,7 @@ class Ensemble:
         self, prompt: Prompt, config: GenerationConfig | None = None, *, chat: bool = False, **kwargs: Any
     ) -> Generator[StreamChunk, None, None]:
         """Generate step by step, yielding text as soon as it is complete UTF-8."""
+        self._check_open()
         config = _config(config, kwargs)
         with self.exclusive():
             if self.method.response_level:  # rank: whole answers, made by the method itself
@@ -411,6 +427,7 @@ class Ensemble:
         differently, so "equals" holds up to rounding of the logits, which can flip a near-tie
         (measured in ``bench/results/batching.json``).
         """
+        self._check_open()
         config = _config(config, kwargs)
         with self.exclusive():
             if self.method.response_level:
@@ -427,6 +444,7 @@ class Ensemble:
         here (in arrival order of the lock) instead of corrupting each other.  A second
         generation started in the *same* thread while one is unfinished (an open stream)
         would wait for itself forever, so it is refused."""
+        self._check_open()
         me = threading.get_ident()
         if self._owner == me:
             raise RuntimeError(
@@ -434,6 +452,7 @@ class Ensemble:
                 "finish or close it before starting another generation"
             )
         with self._lock:
+            self._check_open()  # closed while this call waited its turn
             self._owner = me
             try:
                 yield

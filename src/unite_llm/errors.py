@@ -49,3 +49,19 @@ class InvalidInputError(UniteError):
 
     exit_code = 2
     http_status = 400
+
+
+def as_utf8(text: str | bytes, what: str = "prompt", error: type[UniteError] = InvalidInputError) -> bytes:
+    """The one encoding rule for user text (prompts, stop strings, messages): UTF-8 bytes, or
+    ``error`` naming ``what`` for a lone surrogate (undecodable argv bytes arrive as those) or
+    bytes that are not UTF-8, never a ``UnicodeError`` from deep inside."""
+    if isinstance(text, bytes):
+        try:
+            text.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise error(f"{what} is not valid UTF-8 (byte 0x{text[err.start]:02X} at offset {err.start})") from None
+        return text
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as err:  # lone surrogates, e.g. from undecodable argv bytes
+        raise error(f"{what} is not valid UTF-8 (undecodable character at offset {err.start})") from None

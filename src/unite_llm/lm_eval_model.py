@@ -64,7 +64,7 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from .engine import Ensemble
-from .errors import InvalidConfigError
+from .errors import InvalidConfigError, UniteError
 from .loglik import Chat, Context, choice_mixture, ensemble_loglik, ensemble_rolling_loglik, greedy_prefixes, mixture
 from .models import DEFAULT_ENSEMBLE
 from .sampling import GenerationConfig
@@ -111,6 +111,34 @@ def _batch_size(value: Any) -> int:
     if text.startswith("auto"):
         return _AUTO_BATCH
     raise InvalidConfigError(f"batch_size must be an integer or 'auto', got {value!r}")
+
+
+_INT_ARGS = ("k", "n_ctx", "n_threads", "n_seq", "seed", "max_gen_toks", "max_batch_size")
+_BOOL_ARGS = ("parallel", "prefix_cache", "greedy_check")
+
+
+def check_model_args(args: dict[str, Any]) -> None:
+    """``--model_args`` values of the wrong type as one :class:`InvalidConfigError` naming the
+    argument (``k=abc`` was a raw ``ValueError`` from ``int("abc")``)."""
+    for name in _INT_ARGS:
+        value = args.get(name)
+        if value is None:
+            continue
+        if isinstance(value, float) and value.is_integer():  # lm-eval reads "-1" as -1.0
+            value = int(value)  # and int() reads it back the same
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.lstrip("-").isdigit())):
+            raise InvalidConfigError(f"model_args {name}={value!r}: expected an integer")
+    for name in _BOOL_ARGS:
+        value = args.get(name)
+        if value is not None and not isinstance(value, bool):
+            raise InvalidConfigError(f"model_args {name}={value!r}: expected true or false")
+    weights = args.get("weights")
+    if weights is not None and not isinstance(weights, int | float):
+        for part in _split(weights, "weights"):
+            try:
+                float(part)
+            except ValueError:
+                raise InvalidConfigError(f"model_args weights={weights!r}: {part!r} is not a number") from None
 
 
 class ScoresFile:
@@ -198,6 +226,7 @@ class UniteLM(LM):
         **unknown: Any,
     ) -> None:
         super().__init__()
+        check_model_args(locals())
         if unknown:
             raise InvalidConfigError(f"unknown model_args for unite: {', '.join(sorted(unknown))}")
         if device is not None:
@@ -403,7 +432,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except UniteError as err:  # a user error: one line and its exit code, as `unite` gives
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -99,7 +99,18 @@ def assemble(parts: Sequence[Path], target: Path, *, size: int, sha256: str) -> 
 
     A verified ``target`` is returned as it is; one that does not match is removed (with a
     warning that says so) and assembled again.  Nothing reaches ``target`` unless it matches.
+    A cache folder that cannot be written (``$UNITE_CACHE`` a file, or read-only) makes the
+    model unavailable, with a message that says why, not an ``OSError``.
     """
+    try:
+        return _assemble(parts, target, size=size, sha256=sha256)
+    except OSError as err:
+        raise ModelNotFoundError(
+            f"cannot assemble {target.name} in {target.parent} (set $UNITE_CACHE to a writable folder): {err.strerror or err}"
+        ) from None
+
+
+def _assemble(parts: Sequence[Path], target: Path, *, size: int, sha256: str) -> Path:
     if verified(target, size=size, sha256=sha256):
         return target
     if target.exists():

@@ -17,26 +17,12 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from .errors import ContextLengthError, InvalidConfigError, InvalidInputError
+from .errors import ContextLengthError, InvalidConfigError, InvalidInputError, as_utf8
 from .members.base import Member
 from .sync import TokenTrack
 
 Messages = Sequence[Mapping[str, Any]]
 Prompt = str | bytes | Messages
-
-
-def as_utf8(text: str | bytes, what: str = "prompt") -> bytes:
-    """Validate and encode user text; invalid UTF-8 is an error that says where."""
-    if isinstance(text, bytes):
-        try:
-            text.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise InvalidInputError(f"{what} is not valid UTF-8 (byte 0x{text[err.start]:02X} at offset {err.start})") from None
-        return text
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError as err:  # lone surrogates, e.g. from undecodable argv bytes
-        raise InvalidInputError(f"{what} is not valid UTF-8 (undecodable character at offset {err.start})") from None
 
 
 # Chat templates a user can force on a member that carries none (``--chat-template

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import InvalidConfigError
+from .errors import InvalidConfigError, as_utf8
 
 
 @dataclass
@@ -35,6 +35,16 @@ class GenerationConfig:
     ignore_eos: bool = False
 
     def __post_init__(self) -> None:
+        # One check of types for every caller (CLI, API, server, config and task files): a
+        # ``"hot"`` temperature or a ``true`` budget is a user error, not a TypeError or a 1.
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int | np.integer):
+            raise InvalidConfigError(f"max_new_tokens must be an integer, got {self.max_new_tokens!r}")
+        for name in ("temperature", "top_p"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+                raise InvalidConfigError(f"{name} must be a number, got {value!r}")
+        if not isinstance(self.ignore_eos, bool | np.bool_):
+            raise InvalidConfigError(f"ignore_eos must be true or false, got {self.ignore_eos!r}")
         if self.max_new_tokens < 0:
             raise InvalidConfigError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
         # NaN passes a "< 0" test and only fails when sampling, after the models have loaded.
@@ -44,8 +54,12 @@ class GenerationConfig:
             raise InvalidConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
+        if not isinstance(self.stop, Sequence) or any(not isinstance(s, str) for s in self.stop):
+            raise InvalidConfigError(f"stop must be a string or a list of strings, got {self.stop!r}")
         if any(not s for s in self.stop):
             raise InvalidConfigError("stop strings must not be empty")
+        for i, s in enumerate(self.stop):  # one encoding rule for user text: a lone surrogate is an error here
+            as_utf8(s, f"stop string {i}" if len(self.stop) > 1 else "stop string", InvalidConfigError)
         self.seed = normalize_seed(self.seed)
 
     @property

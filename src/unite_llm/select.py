@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidConfigError
+from .errors import InvalidConfigError, InvalidInputError
 from .eval.scoring import paired_difference
 
 
@@ -231,7 +231,11 @@ def run_selection(
     t = Task.load(task, setting=setting, datasets_dir=datasets_dir)
     use_val = split == "validation" and bool(t.spec.validation)
     split_used = "validation" if use_val else "test"
+    if limit is not None and limit < 1:
+        raise InvalidConfigError(f"--limit must be >= 1 (items to select on), got {limit}")
     items = t.items(limit=limit, seed=seed, validation=use_val)
+    if not items:  # a "selection" from N=0 would pick every candidate on no evidence
+        raise InvalidInputError(f"task {t.name}: no {split_used} items to select on (its data is empty)")
     members = []
     bar = make_progress(progress)
     try:

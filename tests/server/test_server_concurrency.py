@@ -97,6 +97,7 @@ def test_full_queue_answers_503_then_recovers(server):
         assert over.status_code == 503
         err = over.json()["error"]
         assert err["code"] == "server_overloaded" and err["type"] == "server_error" and "Traceback" not in over.text
+        assert over.headers["retry-after"] == "1"  # a real overload: worth a retry (issue 28 item 4)
     after = server.wait_idle(timeout=30)
     assert after["rejected"] == before["rejected"] + 1
     assert after["cancelled"] == before["cancelled"] + 1 + max_queue

@@ -83,6 +83,8 @@ def generate(
     from ..sampling import GenerationConfig
 
     setup_logging(verbose)
+    if explain and not as_json:
+        raise InvalidInputError("--explain needs --json (it adds every step's union to the JSON output)")
     text = read_prompt(prompt)
     gen = GenerationConfig(
         max_new_tokens=max_new_tokens,

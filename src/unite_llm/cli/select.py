@@ -114,6 +114,20 @@ def markdown(report: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_report_path(report: str) -> None:
+    """``--report`` must be a writable file path (checked before any model runs)."""
+    from ..errors import InvalidConfigError
+
+    path = Path(report)
+    if path.is_dir():
+        raise InvalidConfigError(f"--report {path}: it is a directory; give a file path (.md)")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InvalidConfigError(f"--report {path}: {parent} is not a folder")
+
+
 @app.command("select")
 @user_errors
 def select_cmd(
@@ -147,10 +161,17 @@ def select_cmd(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see `unite eval`
     from rich.console import Console
 
+    from ..config import EnsembleConfig
+    from ..eval.runner import check_out_dir
     from ..methods import make_method
     from ..select import run_selection
 
     make_method(method, k=k)
+    if write:  # found only after the whole evaluation ran, before
+        EnsembleConfig.check_writable(write)
+    if report:
+        check_report_path(report)
+    check_out_dir(out)
     rep = run_selection(
         candidate,
         task,

@@ -11,6 +11,23 @@ from ._app import app, build_ensemble, setup_logging, user_errors
 from .generate import ChatTemplateOpt, ConfigOpt, GateOpt, ModelOpt, WeightingOpt
 
 
+def check_bind(host: str, port: int) -> None:
+    """Refuse an address that cannot be listened on (in use, not this machine's) with one line."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as err:
+        raise InvalidConfigError(f"--host {host}: cannot resolve it ({err.strerror or err})") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(addr)
+        except OSError as err:
+            raise InvalidConfigError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+
+
 @app.command()
 @user_errors
 def serve(
@@ -68,6 +85,9 @@ def serve(
         raise InvalidConfigError(f"--max-batch must be >= 1, got {max_batch}")
     if max_request_bytes is not None and max_request_bytes < 1:
         raise InvalidConfigError(f"--max-request-bytes must be >= 1, got {max_request_bytes}")
+    if default_max_tokens < 0:  # it started, then failed every chat request
+        raise InvalidConfigError(f"--default-max-tokens must be >= 0, got {default_max_tokens}")
+    check_bind(host, port)  # before the models load, and before "serving on ..." is printed
     setup_logging(verbose)
     ens, _cfg = build_ensemble(
         model,

@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import InvalidConfigError, InvalidInputError
 from ..members import Member, load_member
 from .report import write_reports
-from .runner import SINGLE, System, build_systems, read_results, run_task, summarize
+from .runner import SINGLE, System, build_systems, check_out_dir, read_results, run_task, summarize
 from .scoring import paired_difference, wilson_interval
 from .tasks import PAPER_TASKS, RESULT_TASKS, Item, Task
 
@@ -66,6 +67,21 @@ def evaluate_systems(
     ``batch_size`` items decode at once (see :func:`~unite_llm.eval.runner.run_task`).
     """
     loaded = [t if isinstance(t, Task) else Task.load(t, setting=setting, datasets_dir=datasets_dir) for t in tasks]
+    if isinstance(limit, dict):  # --limit TASK=N for a task not in the run is a typo, not a no-op
+        stray = sorted(set(limit) - {"*"} - {t.name for t in loaded})
+        if stray:
+            raise InvalidConfigError(
+                f"--limit for {', '.join(stray)}: not a task of this run (tasks: {', '.join(t.name for t in loaded)})"
+            )
+    check_out_dir(out)
+    # Every task's items before any system runs: an empty task or a bad item fails now, not after hours.
+    task_items = []
+    for task in loaded:
+        n = limit.get(task.name, limit.get("*")) if isinstance(limit, dict) else limit
+        items = task.items(limit=n, seed=seed, validation=validation)
+        if not items:
+            raise InvalidInputError(f"task {task.name}: no items to evaluate (its data is empty, or --limit is 0)")
+        task_items.append(items)
     summary: dict[str, Any] = {
         "title": title,
         "command": command,
@@ -80,9 +96,7 @@ def evaluate_systems(
     if bar is not None:
         bar.start()
     try:
-        for task in loaded:
-            n = limit.get(task.name, limit.get("*")) if isinstance(limit, dict) else limit
-            items = task.items(limit=n, seed=seed, validation=validation)
+        for task, items in zip(loaded, task_items):
             entry: dict[str, Any] = {
                 "n": len(items),
                 "setting": task.setting,

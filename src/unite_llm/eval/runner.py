@@ -56,6 +56,22 @@ class System:
         return re.sub(r"[^A-Za-z0-9._+=@-]+", "_", self.label)
 
 
+def check_out_dir(out: str | Path) -> Path:
+    """The results folder, created now: a file in its place or a folder that cannot be written
+    is a one-line error before any model runs, not an ``OSError`` after the first item."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise InvalidConfigError(f"--out {path}: not a folder (a file is in the way)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".unite-write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise InvalidConfigError(f"--out {path}: cannot write there ({err.strerror or err})") from None
+    return path
+
+
 def member_identity(m: Member) -> str:
     """What a member is, for the run key: its name and model file when it has one.
 

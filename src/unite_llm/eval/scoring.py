@@ -123,9 +123,20 @@ EXTRACTORS: dict[str, Callable[..., str]] = {
 def extract(kind: str, text: str, **options: Any) -> str:
     if kind not in EXTRACTORS:
         raise InvalidConfigError(f"unknown extraction {kind!r} (known: {', '.join(sorted(EXTRACTORS))})")
-    if kind == "regex" and "pattern" not in options:
-        raise InvalidConfigError("extraction 'regex' needs a 'pattern'")
-    return EXTRACTORS[kind](text, **options)
+    if kind == "regex":
+        if "pattern" not in options:
+            raise InvalidConfigError("extraction 'regex' needs a 'pattern'")
+        pattern = options["pattern"]
+        try:
+            re.compile(pattern) if isinstance(pattern, str) else None
+        except re.error as err:
+            raise InvalidConfigError(f"extraction 'regex': invalid pattern {pattern!r}: {err}") from None
+        if not isinstance(pattern, str):
+            raise InvalidConfigError(f"extraction 'regex': the pattern must be a string, got {pattern!r}")
+    try:
+        return EXTRACTORS[kind](text, **options)
+    except (TypeError, ValueError, re.error) as err:  # an option of the wrong type or name
+        raise InvalidConfigError(f"extraction {kind!r} with options {options}: {err}") from None
 
 
 def _golds(gold: str | Sequence[str]) -> list[str]:

@@ -25,6 +25,7 @@ cache evaluates that shared prefix once and only the question at the end is new.
 
 from __future__ import annotations
 
+import collections
 import copy
 import csv
 import glob
@@ -38,10 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import InvalidConfigError, InvalidInputError
+from ..textfiles import load_yaml, read_text
 from . import scoring
 
 DATASETS_ENV = "UNITE_DATASETS"
@@ -82,7 +83,7 @@ class FewShot(BaseModel):
     """Examples drawn from a data file (the first of a list that exists) and rendered with
     the task's prompt + ``answer``."""
     examples: list[dict[str, Any]] | None = None
-    n: int = 5
+    n: int = Field(5, ge=0)
     match: str | None = None
     """Use only examples whose field equals the item's (MMLU: the same subject)."""
     answer: str = " {{ gold }}"
@@ -108,7 +109,26 @@ class TaskSpec(BaseModel):
     metric: str = "exact"
     group_by: str | None = None
     generation: dict[str, Any] = Field(default_factory=dict)
+    """``max_new_tokens`` and ``stop`` (a string is one stop string, as in the API)."""
     settings: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("generation")
+    @classmethod
+    def _generation(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """Checked as the CLI's flags are (:class:`GenerationConfig`), and a lone ``stop``
+        string kept whole: ``list("Answer")`` stopped at the first ``e``."""
+        from ..sampling import GenerationConfig
+
+        unknown = sorted(set(v) - {"max_new_tokens", "stop"})
+        if unknown:
+            raise ValueError(f"unknown generation settings {unknown} (known: max_new_tokens, stop)")
+        if isinstance(v.get("stop"), str):
+            v = {**v, "stop": [v["stop"]]}
+        try:
+            GenerationConfig(**v)
+        except InvalidConfigError as err:
+            raise ValueError(str(err)) from None
+        return v
 
 
 @dataclass
@@ -193,17 +213,37 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
                 for row in csv.DictReader(f):
                     out.append({**row, "_file": p.stem})
         elif p.suffix == ".json":
-            data = json.loads(p.read_text(encoding="utf-8"))
-            out.extend({**r, "_file": p.stem} for r in (data if isinstance(data, list) else data["data"]))
+            try:
+                data = json.loads(p.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise InvalidInputError(f"{p}: not valid JSON ({err.msg}, line {err.lineno})") from None
+            rows = data if isinstance(data, list) else data.get("data") if isinstance(data, dict) else None
+            if not isinstance(rows, list):
+                raise InvalidInputError(f"{p}: expected a list of objects, or an object with a 'data' list")
+            for n, r in enumerate(rows):
+                if not isinstance(r, dict):
+                    raise InvalidInputError(f"{p}: record {n} is {type(r).__name__}, not an object")
+                out.append({**r, "_file": p.stem})
         else:
             with p.open(encoding="utf-8") as f:
                 for n, line in enumerate(f, 1):
                     if line.strip():
                         try:
-                            out.append({**json.loads(line), "_file": p.stem})
+                            record = json.loads(line)
                         except json.JSONDecodeError as err:
                             raise InvalidInputError(f"{p}:{n}: not valid JSON ({err.msg})") from None
+                        if not isinstance(record, dict):
+                            raise InvalidInputError(f"{p}:{n}: a JSONL line must be an object, got {type(record).__name__}")
+                        out.append({**record, "_file": p.stem})
     return out
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """:func:`_read_records`, with a file that is not UTF-8 named in a one-line error."""
+    try:
+        return _read_records(path)
+    except UnicodeDecodeError as err:
+        raise InvalidInputError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02X} at offset {err.start})") from None
 
 
 def _resolve(path: str, base_dirs: list[Path]) -> Path | None:
@@ -241,7 +281,7 @@ def load_records(sources: list[DataSource], base_dirs: list[Path], what: str) ->
             if p is None:
                 tried.append(src.path)
                 continue
-            records, where = _read_records(p), str(p)
+            records, where = read_records(p), str(p)
         elif src.hf:
             try:
                 import datasets
@@ -304,10 +344,7 @@ class Task:
             raise InvalidConfigError(
                 f"unknown task {ref!r}: not a task file and not a built-in (known: {', '.join(sorted(known))})"
             )
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise InvalidConfigError(f"cannot parse task file {path}: {err}") from None
+        raw = load_yaml(path, "task file")
         if not isinstance(raw, dict):
             raise InvalidConfigError(f"task file {path} must hold a mapping")
         settings = raw.get("settings") or {}
@@ -321,7 +358,7 @@ class Task:
             spec = TaskSpec.model_validate(raw)
         except ValidationError as err:
             raise InvalidConfigError(f"invalid task file {path}: {err}") from None
-        scoring.extract(
+        scoring.extract(  # a bad extraction fails here, before any model runs
             spec.extract.get("kind", "raw"),
             "",
             **{k: v for k, v in spec.extract.items() if k != "kind"}
@@ -369,7 +406,7 @@ class Task:
                 p = _resolve(fs.text_file or "", self.base_dirs)
                 if p is None:
                     raise InvalidInputError(f"task {self.name}: few-shot file {fs.text_file} not found")
-                text = p.read_text(encoding="utf-8")
+                text = read_text(p, "few-shot file")
             return text.rstrip("\n") + fs.separator
         if "examples" not in pools:
             if fs.examples is not None:
@@ -425,6 +462,13 @@ class Task:
             prompt = header + self._fewshot_block(r, pools) + own
             group = str(r.get(self.spec.group_by)) if self.spec.group_by else None
             items.append(Item(item_id, prompt, gold, group, r))
+        if len({i.id for i in items}) != len(items):
+            dupes = sorted(k for k, n in collections.Counter(i.id for i in items).items() if n > 1)
+            shown = ", ".join(repr(d) for d in dupes[:5]) + (f" and {len(dupes) - 5} more" if len(dupes) > 5 else "")
+            raise InvalidInputError(
+                f"task {self.name}: item ids must be unique (a run resumes by id), but {shown} "
+                f"{'occurs' if len(dupes) == 1 else 'occur'} more than once; fix the data or the task's id expression"
+            )
         return items
 
     def extract(self, output: str) -> str:

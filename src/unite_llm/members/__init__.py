@@ -12,11 +12,12 @@ the function takes the rest of the spec and keyword options and returns a Member
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
-from ..errors import ModelNotFoundError
+from ..errors import InvalidConfigError, ModelNotFoundError
 from .base import BatchMember, Member, batch_rows, common_prefix, forward_rows, log_softmax, supports_batch
 
 Loader = Callable[..., Member]
@@ -58,7 +59,25 @@ def load_member(spec: str, **options: Any) -> Member:
     if prefix not in loaders:
         raise ModelNotFoundError(f"no member backend for {spec!r} (known prefixes: {', '.join(sorted(loaders))})")
     options.setdefault("name", None)
-    return _import(loaders[prefix])(rest, **options)
+    loader = _import(loaders[prefix])
+    _check_options(loader, spec, options)
+    return loader(rest, **options)
+
+
+def _check_options(loader: Loader, spec: str, options: dict[str, Any]) -> None:
+    """An option the backend does not take (a config's ``member_options``) is a user error
+    naming it and the ones it takes, not a ``TypeError`` from deep inside."""
+    try:
+        params = inspect.signature(loader).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: let it judge for itself
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(options) - set(named[1:]))  # the first takes the spec itself
+    if unknown:
+        known = ", ".join(sorted(set(named[1:]) - {"name"}))
+        raise InvalidConfigError(f"member option(s) {', '.join(unknown)} not understood by {spec!r} (its options: {known})")
 
 
 __all__ = [

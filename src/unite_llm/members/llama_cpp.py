@@ -235,6 +235,12 @@ class LlamaCppMember:
         self.max_rows = n_seq
         """Rows :meth:`next_logits_batch` takes at once (1: batches decode row by row)."""
         self._seqs: _Sequences | None = None
+        self._closed = False
+
+    def _check_open(self) -> None:
+        """Refuse use after :meth:`close`: llama.cpp's memory is freed, and reading it kills the process."""
+        if self._closed:
+            raise RuntimeError(f"{self.name} is closed (its ensemble or close() freed it): load the model again")
 
     def _token_text(self, tid: int) -> str:
         if tid < 0:
@@ -247,6 +253,7 @@ class LlamaCppMember:
         # the few bytes of a tail window each step.
         import llama_cpp
 
+        self._check_open()
         n_max = len(text) + 2
         buf = (llama_cpp.llama_token * n_max)()
         n = llama_cpp.llama_tokenize(self._vocab_ptr, text, len(text), buf, n_max, add_bos, special)
@@ -261,6 +268,7 @@ class LlamaCppMember:
     def next_logits(self, context: Sequence[int]) -> np.ndarray:
         import llama_cpp
 
+        self._check_open()
         if len(context) > self.n_ctx:
             raise ContextLengthError(f"{self.name}: {len(context)} tokens do not fit its context window of {self.n_ctx}")
         if not context:
@@ -293,6 +301,7 @@ class LlamaCppMember:
         ``n_seq`` rows at once.  A batch larger than ``n_batch`` tokens (several prompts joining)
         is split into several decodes; each row's logits are read where its last token is.
         """
+        self._check_open()
         rows = list(range(len(contexts))) if rows is None else list(rows)
         if len(rows) != len(contexts) or len(set(rows)) != len(rows):
             raise ValueError("rows must name each context once")
@@ -314,6 +323,7 @@ class LlamaCppMember:
 
         Called by the ensemble before each generation (see :func:`unite_llm.members.base.start_sequence`).
         """
+        self._check_open()
         self._fresh = True
 
     def _prefill(self, context: Sequence[int]) -> None:
@@ -353,6 +363,7 @@ class LlamaCppMember:
         """
         import llama_cpp
 
+        self._check_open()
         tokens = list(tokens)
         if not 1 <= start <= len(tokens):
             raise ValueError(f"start must be in [1, {len(tokens)}], got {start}")
@@ -455,6 +466,7 @@ class LlamaCppMember:
 
     def reset(self) -> None:
         """Forget the KV cache: the next context is evaluated from scratch."""
+        self._check_open()
         self.llm.reset()
         self._context = []
         self._aligned = 0
@@ -464,6 +476,10 @@ class LlamaCppMember:
             self._seqs.clear()
 
     def close(self) -> None:
+        """Free llama.cpp's memory; closing twice is harmless, any other use after it raises ``RuntimeError``."""
+        if self._closed:
+            return
+        self._closed = True
         if self._seqs is not None:
             self._seqs.close()
             self._seqs = None

@@ -229,17 +229,25 @@ class Scheduler:
 
     def submit(self, prompt: Prompt, config: GenerationConfig, *, chat: bool) -> Job:
         """Queue a job, or raise :class:`OverloadedError` when ``max_queue`` jobs already wait."""
-        job = Job(prompt, chat, config, asyncio.get_running_loop())
+        return self.submit_all([prompt], config, chat=chat)[0]
+
+    def submit_all(self, prompts: Sequence[Prompt], config: GenerationConfig, *, chat: bool) -> list[Job]:
+        """Queue one job per prompt, all or none: :class:`OverloadedError` when they do not all
+        fit beside the jobs already waiting (nothing is queued then).  A request with more
+        prompts than ``max_queue`` could never fit: callers refuse it first (a 400, not a 503
+        that a client would retry forever)."""
+        loop = asyncio.get_running_loop()
+        jobs = [Job(p, chat, config, loop) for p in prompts]
         with self._cond:
             self._waiting = collections.deque(j for j in self._waiting if not j.cancelled.is_set())
             if self._stop:
                 raise OverloadedError("the server is shutting down")
-            if len(self._waiting) >= self.max_queue:
+            if len(self._waiting) + len(jobs) > self.max_queue:
                 self.stats.rejected += 1
                 raise OverloadedError(f"the server is overloaded: {len(self._waiting)} requests are already waiting")
-            self._waiting.append(job)
+            self._waiting.extend(jobs)
             self._cond.notify()
-        return job
+        return jobs
 
     def snapshot(self) -> dict[str, Any]:
         with self._cond:

@@ -14,7 +14,7 @@ are checked in :mod:`.serving` and come back as 400 naming the parameter.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,7 +46,7 @@ class _Common(BaseModel):
     model: str
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1, strict=True)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
@@ -57,6 +57,13 @@ class _Common(BaseModel):
     user: str | None = None
     ignore_eos: bool = False
     unite: UniteOptions | None = None
+    # Read only to be refused (serving.check_common): silently ignoring a JSON schema or a
+    # tool list would return text the client did not ask for.
+    response_format: dict[str, Any] | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    functions: list[Any] | None = None
+    function_call: Any = None
 
     def stop_list(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -68,11 +75,12 @@ class CompletionRequest(_Common):
     """``POST /v1/completions``."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=0)
-    logprobs: int | None = Field(None, ge=0, le=20)
+    # strict: ``true`` is not a budget of 1, nor ``"2"`` of 2 (OpenAI refuses both).
+    max_tokens: int | None = Field(16, ge=0, strict=True)
+    logprobs: int | None = Field(None, ge=0, le=20, strict=True)
     echo: bool = False
     suffix: str | None = None
-    best_of: int | None = Field(None, ge=1)
+    best_of: int | None = Field(None, ge=1, strict=True)
 
 
 class TextPart(BaseModel):
@@ -99,10 +107,10 @@ class ChatCompletionRequest(_Common):
     """``POST /v1/chat/completions``."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=0)
-    max_completion_tokens: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=0, strict=True)
+    max_completion_tokens: int | None = Field(None, ge=0, strict=True)
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: int | None = Field(None, ge=0, le=20, strict=True)
 
 
 class TokenizeRequest(BaseModel):

@@ -38,7 +38,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from ..engine import Ensemble, GenerationOutput, StepRecord, StreamChunk
-from ..errors import ContextLengthError, ModelNotFoundError, UniteError
+from ..errors import ContextLengthError, ModelNotFoundError, UniteError, as_utf8
 from ..loglik import PromptLogprobs, context_track, prompt_logprobs, reference_member
 from ..prompts import Prompt, start_track
 from ..sampling import GenerationConfig
@@ -79,28 +79,40 @@ StreamResponse = CompletionStreamResponse | ChatCompletionStreamResponse
 # -- errors ----------------------------------------------------------------------------
 
 
+RETRY_AFTER_S = "1"
+"""``Retry-After`` of a 503: the queue moves on within a step or two."""
+
+
 class APIError(Exception):
     """An error with its HTTP status and OpenAI error fields."""
 
     def __init__(
-        self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None, code: str | None = None
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
 
     def body(self) -> ErrorBody:
         return ErrorBody(error=ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code))
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body().model_dump(), status_code=self.status)
+        return JSONResponse(self.body().model_dump(), status_code=self.status, headers=self.headers)
 
 
 def api_error(err: BaseException) -> APIError:
     """Any exception as an :class:`APIError`: user errors keep their message, bugs do not."""
     if isinstance(err, APIError):
         return err
-    if isinstance(err, OverloadedError):
-        return APIError(503, str(err), type="server_error", code="server_overloaded")
+    if isinstance(err, OverloadedError):  # a real overload: worth a retry, after a pause
+        return APIError(503, str(err), type="server_error", code="server_overloaded", headers={"Retry-After": RETRY_AFTER_S})
     if isinstance(err, UniteError):
         code = {ContextLengthError: "context_length_exceeded", ModelNotFoundError: "model_not_found"}.get(type(err))
         return APIError(err.http_status, str(err), type="invalid_request_error", code=code)
@@ -329,6 +341,16 @@ class OpenAIServing:
             raise unsupported("logit_bias is not supported: members have different vocabularies", "logit_bias")
         if req.stream_options is not None and not req.stream:
             raise APIError(400, "stream_options needs stream=true", param="stream_options")
+        if req.response_format is not None and req.response_format.get("type", "text") != "text":
+            raise unsupported(
+                f"response_format {req.response_format.get('type')!r} is not supported (only text)", "response_format"
+            )
+        for field in ("tools", "functions"):
+            if getattr(req, field):
+                raise unsupported(f"{field} are not supported: the ensemble generates text only", field)
+        for field in ("tool_choice", "function_call"):
+            if getattr(req, field) not in (None, "none", "auto"):
+                raise unsupported(f"{field} is not supported: the ensemble generates text only", field)
 
     def check_completion(self, req: CompletionRequest) -> list[tuple[Prompt, list[int] | None]]:
         """The request's prompts, after :meth:`check_common` and the completion-only checks:
@@ -404,16 +426,19 @@ class OpenAIServing:
         return counts
 
     def submit(self, prompts: Sequence[Prompt], config: GenerationConfig, chat: bool) -> list[Job]:
-        """One job per prompt, all or none (a full queue cancels those already queued)."""
-        jobs: list[Job] = []
-        try:
-            for p in prompts:
-                jobs.append(self.scheduler.submit(p, config, chat=chat))
-        except OverloadedError:
-            for j in jobs:
-                j.cancel()
-            raise
-        return jobs
+        """One job per prompt, all or none.  More prompts than the queue holds could never be
+        served, so that is a 400 naming the limit (a 503 would be retried by clients forever);
+        503 is for a queue that other requests fill."""
+        limit = self.scheduler.max_queue
+        if len(prompts) > limit:
+            raise APIError(
+                400,
+                f"the request has {len(prompts)} prompts; this server queues at most {limit} (--max-queue): "
+                "send them in smaller requests",
+                param="prompt",
+                code="too_many_prompts",
+            )
+        return self.scheduler.submit_all(prompts, config, chat=chat)
 
     # -- the endpoints -------------------------------------------------------------------
 
@@ -457,7 +482,7 @@ class OpenAIServing:
         """``POST /tokenize``: the prompt in the reference member's tokens (special tokens parsed)."""
         self.check_model(req.model)
         ref = reference_member(self.ensemble)
-        data = req.prompt.encode("utf-8")
+        data = as_utf8(req.prompt, "prompt")
         if req.add_special_tokens:
             ids = list(context_track(ref, data).tokens)
         else:
