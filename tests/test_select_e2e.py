@@ -88,3 +88,40 @@ def test_strict_rule_rejects_and_config_keeps_the_primary_only(tmp_path: Path) -
     tie = d["gap"] == 0 and d["length_ratio"] == 1
     assert verdicts == ["primary", "selected" if tie else "rejected"]
     assert len(cfg.members) == (2 if tie else 1)
+
+
+def test_tune_gate_never_chooses_below_the_primary_and_writes_its_choice(tmp_path: Path) -> None:
+    """``--tune-gate`` picks on the even items among the primary alone and the gate grid, so
+    the chosen setting is at least the primary's accuracy there, and its config says it."""
+    from unite_llm.select import robust_grid, run_selection
+
+    (tmp_path / "capitals.jsonl").write_text("".join(json.dumps({"country": c, "capital": k}) + "\n" for c, k in CAPITALS))
+    task = tmp_path / "capitals.yaml"
+    task.write_text(TASK_YAML)
+    rep = run_selection(
+        ["smollm2-135m-instruct", "gemma3-270m"],
+        str(task),
+        limit=None,
+        out=tmp_path / "runs",
+        gap=100,
+        length_ratio=100,
+        tune_gate=True,
+        progress=False,
+        member_options={"n_threads": 1},
+    )
+    g = rep.tuning["gate"]
+    assert (g["tune_n"], g["held_out_n"]) == (4, 4)
+    names = [t["name"] for t in g["trials"]]
+    assert names[0] == "primary alone" and len(names) == 1 + len(robust_grid())
+    alone = g["trials"][0]["accuracy"]
+    best = next(t for t in g["trials"] if t["name"] == g["best"])
+    assert best["accuracy"] == max(t["accuracy"] for t in g["trials"]) >= alone
+    always = next(t for t in g["trials"] if t["name"] == "always")
+    assert always["ensembled"] == 1.0  # gate 1.01: every step ensembled
+    if g["best"] == "primary alone":
+        assert len(rep.config.members) == 1 and rep.config.gate is None
+    else:
+        assert len(rep.config.members) == 2
+        assert rep.config.gate == (best["gate"] if best["gate"] <= 1 else None)
+        assert rep.config.weighting == (best["weighting"] or [])
+    assert rep.config.notes["tuning"]["gate"]["best"] == g["best"]

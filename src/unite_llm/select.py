@@ -195,6 +195,24 @@ def weight_grid(n_members: int, primary_weights: Sequence[float] = (0.5, 0.6, 0.
     return grid
 
 
+def robust_grid() -> list[dict[str, Any]]:
+    """The gate and weighting settings ``--tune-gate`` tries, cheapest first, after the primary
+    alone: a tie keeps the earlier (cheaper) one, so the ensemble must beat the primary to be
+    chosen.  ``gate 1.01`` is never closed: plain UniTE, every step ensembled."""
+    grid: list[dict[str, Any]] = []
+    for threshold in (0.1, 0.2, 0.3, 0.5, 1.01):
+        for weighting in (None, ["floor=0.75"]):
+            grid.append({"gate": threshold, "weighting": weighting})
+    return grid
+
+
+def _robust_label(setting: dict[str, Any] | None) -> str:
+    if setting is None:
+        return "primary alone"
+    parts = ["always" if setting["gate"] > 1 else f"gate {setting['gate']:g}"]
+    return ", ".join(parts + list(setting["weighting"] or []))
+
+
 def run_selection(
     candidates: Sequence[str],
     task: str,
@@ -210,12 +228,18 @@ def run_selection(
     out: str | Path = "runs/select",
     verify: bool = False,
     tune_weights: bool = False,
+    tune_gate: bool = False,
     split: str = "validation",
     datasets_dir: str | Path | None = None,
     progress: bool = True,
     member_options: dict[str, Any] | None = None,
 ) -> SelectionReport:
-    """Evaluate each candidate alone, apply the rule, optionally verify and tune."""
+    """Evaluate each candidate alone, apply the rule, optionally verify and tune.
+
+    ``tune_weights`` tries k and the primary's weight; ``tune_gate`` tries the primary alone
+    and the gates and floors of :func:`robust_grid`.  Both choose on one half of the items
+    (the even positions) and report the choice against the default on the other half.
+    """
     from .config import EnsembleConfig
     from .eval import make_progress
     from .eval.runner import ensemble_system, run_task, single_system, summarize
@@ -315,19 +339,63 @@ def run_selection(
                 "held_out_tuned": _brief_summary(tuned),
                 "gain_points": round(tuned["accuracy"] - equal["accuracy"], 2),
             }
+        robust: dict[str, Any] | None = None  # the chosen gate/weighting; None: none or primary alone
+        alone_chosen = False
+        if tune_gate and len(chosen) > 1:
+            tune_items, held_items = items[0::2], items[1::2]
+            lead_label = single_system(by_name[lead], k=k).label
+            alone_tune = [c for i, c in enumerate(correct[lead_label]) if i % 2 == 0]
+            trials_g: list[dict[str, Any]] = [
+                {"name": "primary alone", "accuracy": round(100 * sum(alone_tune) / len(alone_tune), 2)}
+            ]
+            for option in robust_grid():
+                res = evaluate(ens(chosen, k=best_k, weights=weights, **option), tune_items)
+                trials_g.append(
+                    {"name": _robust_label(option), **option, "accuracy": res["accuracy"], "ensembled": res["mean_ensembled"]}
+                )
+            best_g = max(trials_g, key=lambda r: r["accuracy"])  # ties: the earlier, cheaper one
+            alone_held = [c for i, c in enumerate(correct[lead_label]) if i % 2 == 1]
+            if best_g["name"] == "primary alone":
+                alone_chosen = True
+                held_acc = 100 * sum(alone_held) / len(alone_held)
+                held_diff, held_ci = 0.0, [0.0, 0.0]
+            else:
+                robust = {"gate": best_g["gate"] if best_g["gate"] <= 1 else None, "weighting": best_g["weighting"]}
+                held_res = run_task(
+                    t, ens(chosen, k=best_k, weights=weights, **best_g_setting(best_g)), held_items, out, progress=bar
+                )
+                held_correct = [bool(r["correct"]) for r in held_res]
+                held_acc = 100 * sum(held_correct) / len(held_correct)
+                held_diff, held_ci = paired_difference(held_correct, alone_held)
+            tuning["gate"] = {
+                "tune_n": len(tune_items),
+                "held_out_n": len(held_items),
+                "trials": trials_g,
+                "best": best_g["name"],
+                "held_out_accuracy": round(held_acc, 2),
+                "held_out_primary_alone": round(100 * sum(alone_held) / len(alone_held), 2),
+                "held_out_vs_primary": {"diff": held_diff, "ci95": held_ci},
+            }
     finally:
         if bar is not None:
             bar.stop()
         for m in members:
             m.close()
 
+    if alone_chosen:  # the partners did not beat the primary on the tuning items
+        selected = [selection.primary]
+        chosen = chosen[:1]
+    else:
+        selected = list(selection.selected)
     primary_name = selection.primary.name
     config = EnsembleConfig(
-        members=[spec_of[d.name] for d in selection.selected],
-        weights=weights,
+        members=[spec_of[d.name] for d in selected],
+        weights=weights if len(chosen) > 1 else None,
         k=best_k,
         method=method,
         primary=primary_name if len(chosen) > 1 else None,
+        gate=(robust or {}).get("gate"),
+        weighting=(robust or {}).get("weighting") or [],
         generation={"max_new_tokens": t.max_new_tokens, "stop": t.stop},
         notes={
             "made_by": "unite select (Determine-Then-Ensemble)",
@@ -340,10 +408,19 @@ def run_selection(
             "length_ratio": length_ratio,
             "length_unit": length_unit,
             "decisions": selection.table(),
-            **({"tuning": {k2: v for k2, v in tuning.items() if k2 != "trials"}} if tuning else {}),
+            **({"tuning": {k2: _no_trials(v) for k2, v in tuning.items() if k2 != "trials"}} if tuning else {}),
         },
     )
     return SelectionReport(t.name, split_used, selection, config, verify_rows, tuning)
+
+
+def best_g_setting(trial: dict[str, Any]) -> dict[str, Any]:
+    """A ``--tune-gate`` trial's settings as :class:`Ensemble` keywords."""
+    return {"gate": trial["gate"], "weighting": trial["weighting"]}
+
+
+def _no_trials(v: Any) -> Any:
+    return {k: x for k, x in v.items() if k != "trials"} if isinstance(v, dict) else v
 
 
 def _brief(c: CandidateScore) -> dict[str, Any]:
@@ -360,6 +437,7 @@ __all__ = [
     "Selection",
     "SelectionReport",
     "paired_difference",
+    "robust_grid",
     "run_selection",
     "select_members",
     "weight_grid",

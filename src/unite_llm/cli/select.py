@@ -98,7 +98,7 @@ def markdown(report: Any) -> str:
                 f"[{lo:.1f}, {hi:.1f}] | {r['mean_chars']:.1f} | {r['delta_vs_selected']:+.1f} | "
                 f"[{r['delta_ci95'][0]:+.1f}, {r['delta_ci95'][1]:+.1f}] |"
             )
-    if d["tuning"]:
+    if "best" in d["tuning"]:
         t = d["tuning"]
         lines += ["", f"## Weight/k tuning ({t['tune_n']} tuning items, {t['held_out_n']} held-out items)", ""]
         lines += ["| k | weights | tuning accuracy % |", "|---|---|---|"]
@@ -110,6 +110,19 @@ def markdown(report: Any) -> str:
             f"Held-out: equal weights {e['accuracy']:.1f} % [{e['ci95'][0]:.1f}, {e['ci95'][1]:.1f}], "
             f"tuned (k={t['best']['k']}, weights={t['best']['weights'] or 'equal'}) {u['accuracy']:.1f} % "
             f"[{u['ci95'][0]:.1f}, {u['ci95'][1]:.1f}]: gain {t['gain_points']:+.1f} points.",
+        ]
+    if "gate" in d["tuning"]:
+        g = d["tuning"]["gate"]
+        lines += ["", f"## Gate tuning ({g['tune_n']} tuning items, {g['held_out_n']} held-out items)", ""]
+        lines += ["| setting | tuning accuracy % | steps ensembled |", "|---|---|---|"]
+        for r in g["trials"]:
+            ensembled = f"{100 * r['ensembled']:.0f} %" if "ensembled" in r else "0 %"
+            lines.append(f"| {r['name']} | {r['accuracy']:.1f} | {ensembled} |")
+        v = g["held_out_vs_primary"]
+        lines += [
+            "",
+            f"Held-out: {g['best']} {g['held_out_accuracy']:.1f} % vs primary alone {g['held_out_primary_alone']:.1f} % "
+            f"(paired {v['diff']:+.1f} [{v['ci95'][0]:+.1f}, {v['ci95'][1]:+.1f}]).",
         ]
     return "\n".join(lines) + "\n"
 
@@ -144,6 +157,13 @@ def select_cmd(
     verify: Annotated[bool, typer.Option(help="Also evaluate the selected ensemble and each rejected addition.")] = False,
     tune_weights: Annotated[
         bool, typer.Option("--tune-weights", help="Search weights and k on half the items; report held-out gain.")
+    ] = False,
+    tune_gate: Annotated[
+        bool,
+        typer.Option(
+            "--tune-gate",
+            help="Choose the primary alone or a gate and primary floor on half the items; report it on the other half.",
+        ),
     ] = False,
     k: Annotated[int, typer.Option("--k")] = 10,
     method: str = "unite",
@@ -186,6 +206,7 @@ def select_cmd(
         out=out,
         verify=verify,
         tune_weights=tune_weights,
+        tune_gate=tune_gate,
         split=split,
         datasets_dir=datasets,
         progress=progress,
@@ -197,14 +218,21 @@ def select_cmd(
     console.print(decision_table(rep))
     if rep.verify:
         console.print(verify_table(rep))
-    if rep.tuning:
+    if "gate" in rep.tuning:
+        g = rep.tuning["gate"]
+        d, (lo, hi) = g["held_out_vs_primary"]["diff"], g["held_out_vs_primary"]["ci95"]
+        console.print(
+            f"gate tuning: best {g['best']} on {g['tune_n']} items; held-out ({g['held_out_n']} items): "
+            f"{g['held_out_accuracy']:.1f}% vs primary alone {g['held_out_primary_alone']:.1f}% ({d:+.1f} [{lo:+.1f}, {hi:+.1f}])"
+        )
+    if "best" in rep.tuning:
         t = rep.tuning
         console.print(
             f"tuning: best k={t['best']['k']} weights={t['best']['weights'] or 'equal'}; held-out ({t['held_out_n']} items): "
             f"equal {t['held_out_equal']['accuracy']:.1f}% -> tuned {t['held_out_tuned']['accuracy']:.1f}% "
             f"({t['gain_points']:+.1f} points)"
         )
-    console.print(f"selected: {', '.join(d.name for d in rep.selection.selected)}")
+    console.print(f"selected: {', '.join(rep.config.members)}")
     if write:
         console.print(f"config written: {rep.config.write(write)}")
     if report:
