@@ -361,8 +361,7 @@ class Task:
         scoring.extract(  # a bad extraction fails here, before any model runs
             spec.extract.get("kind", "raw"),
             "",
-            **{k: v for k, v in spec.extract.items() if k != "kind"}
-            | ({"pattern": "x"} if spec.extract.get("kind") == "regex" and "pattern" not in spec.extract else {}),
+            **{k: v for k, v in spec.extract.items() if k != "kind"},
         )
         if spec.metric not in scoring.METRICS:
             raise InvalidConfigError(
