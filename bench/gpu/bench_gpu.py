@@ -72,6 +72,7 @@ ENSEMBLES = {
     "smollm2+gemma": [SMOL, GEMMA],
     "all4": [QWEN15, GEMMA, QWEN05, SMOL],
 }
+ALL = [QWEN15, QWEN05, GEMMA, SMOL]
 # Issue 29's targets (on the GPU, one run, side by side).
 ENSEMBLE_OVER_RAW = 1.10  # ensemble ms/token <= 1.10 x the sum of its members' raw forwards, batch 1
 BATCH32_SPEEDUP = 16.0  # default pair: batch-32 aggregate tokens/s >= 16 x batch 1
@@ -300,7 +301,8 @@ class Bench:
 
         manifest = self.manifest()
         real = dict(w.split("=", 1) for w in self.args.weights)
-        for i, alias in enumerate(aliases):
+        for alias in aliases:
+            i = ALL.index(alias)  # each model's seed, whichever ensembles run
             t0 = time.perf_counter()
             if alias not in real:
                 entry = manifest["models"].get(alias)
@@ -390,14 +392,12 @@ class Bench:
             return (time.perf_counter() - t) / n
         names = [next(self._rows) for _ in range(rows)]
         ctxs = [list(prompt) for _ in range(rows)]
-        scores = member.next_logits_batch(ctxs, names)
+        best = torch.as_tensor(member.next_logits_batch(ctxs, names)).argmax(-1).tolist()
         t = time.perf_counter()
-        for _ in range(n):
-            best = torch.as_tensor(scores).argmax(-1).tolist()
+        for _ in range(n):  # as raw(): a forward, then its greedy tokens on the host
             for ctx, tok in zip(ctxs, best):
                 ctx.append(int(tok))
-            scores = member.next_logits_batch(ctxs, names)
-        torch.as_tensor(scores).argmax(-1).tolist()
+            best = torch.as_tensor(member.next_logits_batch(ctxs, names)).argmax(-1).tolist()
         return (time.perf_counter() - t) / n
 
     def raw(self, member: Any, rows: int, n: int) -> float:
@@ -502,19 +502,19 @@ class Bench:
             prof.add("topk", time.perf_counter() - t)
             return out
 
-        DenseScores.top_k_ids = top_k_ids  # type: ignore[method-assign]
+        DenseScores.top_k_ids = top_k_ids
 
     def ensemble(self, aliases: list[str]) -> Any:
         from unite_llm import Ensemble
         from unite_llm.methods.unite import BatchedUniTE
 
         ens = Ensemble([self.members[a] for a in aliases], k=self.args.k, parallel=False)
-        batched = BatchedUniTE(ens.method.k)  # type: ignore[attr-defined]
-        batched.top_ids = self.prof.wrap(batched.top_ids, "topk")  # type: ignore[method-assign]
-        batched.gather = self.prof.wrap(batched.gather, "gather")  # type: ignore[method-assign]
-        ens.method._batched = batched  # type: ignore[attr-defined]
-        ens._step = self.prof.wrap(ens._step, "step_method")  # type: ignore[method-assign]
-        ens._append = self.prof.wrap(ens._append, "append")  # type: ignore[method-assign]
+        batched = BatchedUniTE(ens.method.k)
+        batched.top_ids = self.prof.wrap(batched.top_ids, "topk")
+        batched.gather = self.prof.wrap(batched.gather, "gather")
+        ens.method._batched = batched
+        ens._step = self.prof.wrap(ens._step, "step_method")
+        ens._append = self.prof.wrap(ens._append, "append")
         return ens
 
     def decode(self, ens: Any, rows: int, n: int, *, batched: bool) -> dict[str, Any]:
@@ -686,6 +686,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "schema": "unite-gpu-bench/1",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "wheels_unpacked": wheels,
     }
     manifest = bench.manifest()
