@@ -91,6 +91,7 @@ def test_folder_is_self_contained_and_small(folder: Path) -> None:
 def test_tiny_cpu_run_shape(result: dict[str, Any]) -> None:
     assert result["schema"] == "unite-gpu-bench/1"
     assert "error" not in result, result.get("error")
+    assert result["errors"] == []
     assert result["skipped"] == []
     assert result["environment"]["device"] == "cpu"
     assert result["config"]["tiny"] is True

@@ -227,6 +227,8 @@ class Bench:
             torch.set_num_threads(args.threads)
         self.deadline = T0 + args.budget_s
         self.skipped: list[str] = []
+        self.errors: list[str] = []
+        self.overall_peak = 0
         self.notes: list[str] = []
         self.prof = Profile()
         self.members: dict[str, Any] = {}
@@ -251,7 +253,16 @@ class Bench:
     def reset_peak(self) -> None:
         if self.cuda:
             self.sync()
+            self.overall_peak = max(self.overall_peak, self.torch.cuda.max_memory_allocated())
             self.torch.cuda.reset_peak_memory_stats()
+
+    def attempt(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """One measurement, ``fn(*args)``; a failure is recorded under ``errors`` and the run goes on."""
+        try:
+            return fn(*args)
+        except Exception:
+            self.errors.append(f"{what}: {traceback.format_exc()}")
+            return None
 
     def peak_mb(self) -> float | None:
         if self.cuda:
@@ -583,14 +594,20 @@ class Bench:
         out["batch1"] = b1
         return out
 
+    def batch_run(self, ens: Any, rows: int) -> dict[str, Any]:
+        self.decode(ens, rows, 1, batched=True)  # warm-up at this size
+        return self.decode(ens, rows, self.args.batch_tokens, batched=True)
+
     def throughput(self, name: str, aliases: list[str]) -> dict[str, Any]:
         ens = self.ensemble(aliases)
         out: dict[str, Any] = {}
         for rows in self.args.batches:
             if not self.fits(f"{name} batch {rows}"):
                 break
-            self.decode(ens, rows, 1, batched=True)  # warm-up at this size
-            out[str(rows)] = self.decode(ens, rows, self.args.batch_tokens, batched=True)
+
+            r = self.attempt(f"{name} batch {rows}", self.batch_run, ens, rows)
+            if r is not None:
+                out[str(rows)] = r
         return out
 
 
@@ -706,13 +723,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["models"] = bench.model_info
         result["setup_s"] = time.perf_counter() - T0
         for alias in aliases:
-            result["members"][alias] = bench.member_alone(alias)
+            alone = bench.attempt(f"member {alias}", bench.member_alone, alias)
+            if alone is not None:
+                result["members"][alias] = alone
         raw = {a: r["1"]["raw_forward_ms_per_step"] for a, r in result["members"].items() if "1" in r}
         bench.instrument()
         # Batch 1 of every ensemble first, then the batches (the default pair's first).
         for name in args.ensembles:
             if all(a in raw for a in ENSEMBLES[name]) and bench.fits(f"{name} batch 1"):
-                result["ensembles"][name] = bench.ensemble_runs(name, ENSEMBLES[name], raw)
+                runs = bench.attempt(f"{name} batch 1", bench.ensemble_runs, name, ENSEMBLES[name], raw)
+                if runs is not None:
+                    result["ensembles"][name] = runs
         for name in args.ensembles:
             if name in result["ensembles"]:
                 result["ensembles"][name]["throughput"] = bench.throughput(name, ENSEMBLES[name])
@@ -720,6 +741,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     except Exception:
         result["error"] = traceback.format_exc()
     result["skipped"] = bench.skipped
+    result["errors"] = bench.errors
     result["targets_apply"] = bench.cuda and not args.tiny
     weights = "some members with real weights" if args.weights else "random weights give representative speed, not text"
     result["notes"] = [
@@ -729,7 +751,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         weights,
     ]
     if bench.cuda:
-        result["peak_gpu_memory_mb"] = bench.torch.cuda.max_memory_allocated() / 2**20  # since the last reset: see per-run peaks
+        bench.reset_peak()  # folds the last measurement's peak in
+        result["peak_gpu_memory_mb"] = bench.overall_peak / 2**20
         result["peak_gpu_memory_reserved_mb"] = bench.torch.cuda.max_memory_reserved() / 2**20
     else:
         result["peak_gpu_memory_mb"] = None
@@ -761,6 +784,8 @@ def summary(result: dict[str, Any]) -> str:
         lines.append(f"  target {'met   ' if t['met'] else 'MISSED'} {t['target']} [{who}{rows}]: {t['value']:.3f}")
     if result.get("skipped"):
         lines.append(f"  skipped: {'; '.join(result['skipped'])}")
+    for error in result.get("errors", []):
+        lines.append("  ERROR " + error)
     if result.get("error"):
         lines.append("  ERROR:\n" + result["error"])
     return "\n".join(lines)
@@ -773,7 +798,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(summary(result))
     print(f"wrote {args.out}")
-    return 1 if result.get("error") else 0
+    return 1 if result.get("error") or result.get("errors") else 0
 
 
 if __name__ == "__main__":
