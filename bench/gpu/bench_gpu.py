@@ -360,8 +360,9 @@ class Bench:
     def spread(self, member: Any, entry: dict[str, Any]) -> dict[str, Any]:
         """Scale a random model's logits to a trained model's spread, through its final norm's gain.
 
-        Random initialisation gives nearly flat logits (std ~0.8 at the real sizes), which no trained
-        model has; the host path's top-k (a threshold below the max) and the union's size depend on it.
+        Random initialisation gives nearly flat logits (std ~0.5 at SmolLM2's and Gemma's real sizes),
+        which no trained model has; the host path's top-k (a threshold below the max) and the union's
+        size depend on it.
         The final RMSNorm's gain multiplies every logit, so setting it costs no compute."""
         torch = self.torch
         choice = str(self.args.logit_std)
