@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum 
 # question/answer form that suits it (raw completion), not through a chat template.
 export QUESTION ?= What do plants take in from the air to make their food, and what do they give off?
 
-.PHONY: run test bench lint setup clean results baselines members4 lm-eval-results browser
+.PHONY: run test bench bench-gpu lint setup clean results baselines members4 lm-eval-results browser
 
 setup: $(STAMP)
 
@@ -44,6 +44,13 @@ test: $(STAMP) browser
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_core.py --out bench/results/core.json
+
+# The GPU benchmark (docs/gpu.md): the self-contained folder, then its one command, on this machine's
+# CUDA GPU (needs a CUDA build of torch in the venv; elsewhere copy build/gpu-bench and run its run.sh).
+GPU_OUT ?= bench/results/gpu.json
+bench-gpu: $(STAMP)
+	$(BIN)/python bench/gpu/prepare.py --out build/gpu-bench
+	PYTHON=$(BIN)/python bash build/gpu-bench/run.sh --out $(GPU_OUT)
 
 # The paper table, ours (resumable: re-running skips finished items and rewrites the reports).
 RESULTS_LIMIT ?= --limit 300 --limit gsm8k=200

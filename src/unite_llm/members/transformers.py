@@ -198,8 +198,27 @@ class TransformersMember:
             raise ModelNotFoundError(f"cannot load {spec!r} with transformers: {err}") from None
         if device is not None:
             self.model.to(device)
+        self._setup(name or (Path(spec).stem if spec.endswith(".gguf") else spec.rstrip("/").rsplit("/", 1)[-1]), n_ctx)
+
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, *, name: str, n_ctx: int | None = None) -> TransformersMember:
+        """A member around a model and tokenizer already in memory, on the model's device.
+
+        For weights that come from no file: ``AutoModelForCausalLM.from_config`` (random
+        weights in a real architecture, as ``bench/gpu/bench_gpu.py`` times them), or a model
+        built or modified in the caller's own code.
+        """
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        member = cls.__new__(cls)
+        member.tokenizer = tokenizer
+        member.model = model
+        member._setup(name, n_ctx)
+        return member
+
+    def _setup(self, name: str, n_ctx: int | None) -> None:
+        """What follows loading: vocabulary bytes, end-of-generation ids, the cache state."""
         self.model.eval()
-        self.name = name or (Path(spec).stem if spec.endswith(".gguf") else spec.rstrip("/").rsplit("/", 1)[-1])
+        self.name = name
         self.device = self.model.get_input_embeddings().weight.device
         config = self.model.config.get_text_config()
         n_vocab = int(config.vocab_size)
