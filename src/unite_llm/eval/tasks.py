@@ -42,7 +42,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import InvalidConfigError, InvalidInputError
-from ..textfiles import load_yaml, read_text
+from ..textfiles import load_yaml, read_text, validation_problems
 from . import scoring
 
 DATASETS_ENV = "UNITE_DATASETS"
@@ -357,7 +357,7 @@ class Task:
         try:
             spec = TaskSpec.model_validate(raw)
         except ValidationError as err:
-            raise InvalidConfigError(f"invalid task file {path}: {err}") from None
+            raise InvalidConfigError(f"invalid task file {path}: {validation_problems(err)}") from None
         scoring.extract(  # a bad extraction fails here, before any model runs
             spec.extract.get("kind", "raw"),
             "",
