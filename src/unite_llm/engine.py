@@ -173,10 +173,13 @@ def _checked_specs(specs: Any) -> list[str]:
         raise InvalidConfigError(f"a member spec must be a non-empty string, got {bad[0]!r}")
     if not specs:
         raise InvalidConfigError("an ensemble needs at least one member")
+    return list(specs)
+
+
+def _check_distinct(specs: Sequence[str]) -> None:
     dupes = sorted({s for s in specs if specs.count(s) > 1})
     if dupes:
         raise InvalidConfigError(f"member {dupes[0]!r} is given more than once (member names must be unique)")
-    return list(specs)
 
 
 def _default_name(spec: str) -> str | None:
@@ -342,6 +345,7 @@ class Ensemble:
         make_gate(gate)
         make_rules(weighting)
         _normalised_weights(weights, len(specs))
+        _check_distinct(specs)
         _check_primary(primary, specs if "name" not in member_options else [])
         if ray_address is not None:
             from .members.ray_member import connect
