@@ -387,10 +387,11 @@ def run_group(task: Task, system: System, items: Sequence[Item], gen: Generation
         if len(items) > 1:
             return [rec for it in items for rec in run_group(task, system, [it], gen, on_error)]
         item = items[0]
+        shown_id = repr(item.id) if len(item.id) <= 60 else repr(item.id[:57] + "...")
         if on_error == "skip":
             return [error_record(item, err)]
         raise type(err)(
-            f"task {task.name}, item {item.id!r} ({system.label}): {err} (--on-error skip records such items as "
+            f"task {task.name}, item {shown_id} ({system.label}): {err} (--on-error skip records such items as "
             "incorrect and continues)"
         ) from None
 
