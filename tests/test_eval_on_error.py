@@ -46,7 +46,7 @@ def system(batch: bool = False):
 
 def test_stop_names_the_item_and_keeps_the_others(task: Task, tmp_path: Path) -> None:
     sys_ = system()
-    with pytest.raises(ContextLengthError, match=r"task words, item 'long' \(left\): .*--on-error skip"):
+    with pytest.raises(ContextLengthError, match=r"task words, item 'long' \(left\): .*on_error='skip'"):
         evaluate_systems([task], [sys_], out=tmp_path / "o", progress=False, reports=False)
     done = read_results(tmp_path / "o" / "words" / f"{sys_.slug}.jsonl")
     assert "long" not in done and set(done) <= {"a", "b"} and done  # items sorted by prompt: 'a dog' ran first

@@ -391,8 +391,8 @@ def run_group(task: Task, system: System, items: Sequence[Item], gen: Generation
         if on_error == "skip":
             return [error_record(item, err)]
         raise type(err)(
-            f"task {task.name}, item {shown_id} ({system.label}): {err} (--on-error skip records such items as "
-            "incorrect and continues)"
+            f"task {task.name}, item {shown_id} ({system.label}): {err} (fix or drop the item; on_error='skip' "
+            "records such items as incorrect and goes on)"
         ) from None
 
 
