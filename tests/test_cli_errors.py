@@ -79,6 +79,7 @@ UNITE = [
     (["generate", "--explain", "hi"], 2, "--explain needs --json"),
     (["generate", "--method", "bogus", "hi"], 2, "unknown method 'bogus'"),
     (["generate", "--system", "Be brief.", "hi"], 2, "--chat"),
+    (["generate", "--chat-template", "bogus", "hi"], 2, "--chat-template 'bogus': expected MEMBER=VALUE"),
     (["generate", "--nosuch", "hi"], 2, "No such option: --nosuch"),
     (["generate"], 2, "Missing argument"),
     (["nosuchcommand"], 2, "No such command"),
@@ -91,6 +92,9 @@ UNITE = [
     (["serve", "--gate", "abc"], 2, "--gate 'abc'"),
     (["serve", "--weights", "1,x"], 2, "--weights: 'x' is not a number"),
     (["serve", "--config", "@bad.yaml"], 2, "cannot parse"),
+    (["serve", "--host", "no.such.host.invalid"], 2, "--host no.such.host.invalid: cannot resolve it"),
+    (["serve", "--max-queue", "0"], 2, "--max-queue must be >= 1"),
+    (["serve", "--max-batch", "0"], 2, "--max-batch must be >= 1"),
     # eval
     (["eval", "--task", "nosuch"], 2, "unknown task 'nosuch'"),
     (["eval", "--task", "@badtask.yaml"], 2, "invalid task file"),
@@ -101,6 +105,7 @@ UNITE = [
     (["eval", "--task", "@task.yaml", "--method", "bogus"], 2, "unknown method 'bogus'"),
     (["eval", "--task", "@task.yaml", "--config", "@bad.yaml"], 2, "cannot parse"),
     (["eval", "--task", "@task.yaml", "-m", "@missing.gguf"], 3, "model file not found"),
+    (["eval", "--task", "@task.yaml", "--setting", "bogus"], 2, "has no setting 'bogus' (has: paper)"),
     (["eval"], 2, "Missing option '--task'"),
     # select
     (["select", "-c", "smollm2-135m-instruct", "--task", "nosuch"], 2, "unknown task 'nosuch'"),
@@ -109,6 +114,7 @@ UNITE = [
     (["select", "-c", "smollm2-135m-instruct", "--task", "@task.yaml", "--write", "@x.txt"], 2, "cannot write a config"),
     (["select", "-c", "smollm2-135m-instruct", "--task", "@task.yaml", "--k", "0"], 2, "k must be an integer >= 1"),
     (["select", "-c", "smollm2-135m-instruct", "--task", "@task.yaml", "--length-unit", "x"], 2, "length unit"),
+    (["select", "-c", "smollm2-135m-instruct", "--task", "@task.yaml", "--split", "x"], 2, "split must be validation or test"),
     (["select", "--task", "@task.yaml"], 2, "Missing option '--candidate'"),
     # models
     (["models", "--nosuch"], 2, "No such option: --nosuch"),

@@ -352,7 +352,7 @@ class Task:
             if setting in settings:
                 raw = _merge(raw, settings[setting])
             elif setting != "small":  # tasks without a variant run their one setting under any name
-                raise InvalidConfigError(f"task {ref!r} has no setting {setting!r} (has: paper, {', '.join(settings)})")
+                raise InvalidConfigError(f"task {ref!r} has no setting {setting!r} (has: {', '.join(['paper', *settings])})")
         raw.setdefault("name", path.stem)
         try:
             spec = TaskSpec.model_validate(raw)
