@@ -103,3 +103,10 @@ def test_chat_content_as_text_parts_matches_the_python_api(server, http) -> None
     check_error(post(http, "/v1/chat/completions", body | {"messages": [{"role": "user", "content": image}]}), 422)
     with pytest.raises(InvalidInputError, match="content must be a string or a list of"):  # and the API alike
         server.generate([{"role": "user", "content": image}], chat=True, max_new_tokens=1)
+
+
+def test_a_denormal_temperature_is_served_not_a_500(server, http) -> None:
+    """Found by the schema fuzz (test_server_schema_fuzz.py, a random run of 300 examples): NaN in sampling."""
+    body = {"model": server.model, "messages": [{"role": "user", "content": ""}], "temperature": 5e-324, "max_tokens": 2}
+    resp = post(http, "/v1/chat/completions", body)
+    assert resp.status_code == 200, resp.text
