@@ -155,3 +155,17 @@ def test_damaged_meta_without_results_is_rebuilt(custom_task: Path, tmp_path: Pa
     proc = unite(*_cmd(custom_task, out), "--limit", "1")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(meta.read_text())["task"] == "capitals"
+
+
+# -- an item the system cannot run (issue 28 item 13) ----------------------------------------------
+
+
+def test_an_over_long_item_stops_the_run_naming_it_and_keeps_the_others(custom_task: Path, tmp_path: Path) -> None:
+    data = custom_task.parent / "capitals.jsonl"
+    data.write_text(data.read_text() + json.dumps({"country": "Zanzibar " * 400, "capital": "Nowhere"}) + "\n")
+    proc = unite(*_cmd(custom_task, tmp_path / "o"), "--n-ctx", "256")
+    assert proc.returncode == 4, proc.stderr  # ContextLengthError's exit code
+    no_traceback(proc)
+    assert "task capitals, item 'Zanzibar" in proc.stderr and len(proc.stderr) < 500
+    done = read_results(tmp_path / "o" / "capitals" / "smollm2-135m-instruct.jsonl")
+    assert set(done) == {c for c, _ in CAPITALS}, "every item before the long one (in prompt order) was kept"

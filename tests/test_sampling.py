@@ -55,3 +55,24 @@ def test_cli_stop_of_an_undecodable_byte_is_one_line_not_a_traceback() -> None:
     err = run.stderr.decode("utf-8", "replace")
     assert run.returncode == InvalidConfigError.exit_code == UniteError.exit_code, err
     assert "Traceback" not in err and err.count("\n") == 1 and "stop string" in err, err
+
+
+@pytest.mark.parametrize("temperature", [5e-324, 1e-310, 1e-30, 1e308])
+def test_an_extreme_temperature_samples_without_nan(temperature: float) -> None:
+    """Found by the server's schema fuzz (a 500): temperature 5e-324 divided every log-probability
+    to -inf, and -inf - -inf is NaN.  A tiny temperature is greedy, a huge one near-uniform."""
+    import warnings
+
+    import numpy as np
+
+    from unite_llm.sampling import choose
+
+    probs = np.array([0.2, 0.5, 0.3])
+    config = GenerationConfig(temperature=temperature, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning either
+        picks = {choose(probs, config, np.random.default_rng(s)) for s in range(20)}
+    if temperature < 1e-20:
+        assert picks == {1}
+    else:
+        assert len(picks) > 1

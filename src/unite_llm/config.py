@@ -121,7 +121,9 @@ class EnsembleConfig(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            raise InvalidConfigError(f"invalid config {where}: {err}") from None
+            from .textfiles import validation_problems
+
+            raise InvalidConfigError(f"invalid config {where}: {validation_problems(err)}") from None
 
     WRITABLE: ClassVar[tuple[str, ...]] = (".json", ".yaml", ".yml", ".toml")
 

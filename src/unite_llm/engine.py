@@ -31,7 +31,7 @@ from typing import Any, Protocol, cast, overload
 
 import numpy as np
 
-from .errors import InvalidConfigError
+from .errors import InvalidConfigError, InvalidInputError
 from .members import Member, batch_rows, forward_rows, load_member, split_spec, supports_batch
 from .members.base import reset_cache, start_sequence
 from .methods import make_method
@@ -146,12 +146,79 @@ def _checked_weights(weights: Sequence[float] | np.ndarray, n: int, who: str) ->
 def _normalised_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
     if weights is None:
         return np.full(n, 1.0 / n)
-    w = np.asarray(list(weights), dtype=np.float64)
+    if isinstance(weights, str | bytes | Mapping) or not isinstance(weights, Sequence | np.ndarray):
+        raise InvalidConfigError(f"weights must be a list of numbers, one per member, got {weights!r}")
+    try:
+        w = np.asarray(list(weights), dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InvalidConfigError(f"weights must be positive numbers, got {list(weights)!r}") from None
+    if w.ndim != 1 or any(isinstance(x, bool) for x in weights):
+        raise InvalidConfigError(f"weights must be positive numbers, got {list(weights)!r}")
     if len(w) != n:
         raise InvalidConfigError(f"{len(w)} weights given for {n} members")
     if not np.all(np.isfinite(w)) or np.any(w <= 0):
         raise InvalidConfigError(f"weights must be positive numbers, got {list(weights)}")
     return w / w.sum()
+
+
+def _checked_specs(specs: Any) -> list[str]:
+    """Member specs as a list: one string is one spec (not its characters), anything else a
+    list of non-empty strings."""
+    if isinstance(specs, str):
+        return [specs]
+    if isinstance(specs, bytes) or not isinstance(specs, Sequence):
+        raise InvalidConfigError(f"members must be a list of model specs (aliases, .gguf paths, prefix:...), got {specs!r}")
+    bad = [s for s in specs if not isinstance(s, str) or not s.strip()]
+    if bad:
+        raise InvalidConfigError(f"a member spec must be a non-empty string, got {bad[0]!r}")
+    if not specs:
+        raise InvalidConfigError("an ensemble needs at least one member")
+    return list(specs)
+
+
+def _check_distinct(specs: Sequence[str]) -> None:
+    dupes = sorted({s for s in specs if specs.count(s) > 1})
+    if dupes:
+        raise InvalidConfigError(f"member {dupes[0]!r} is given more than once (member names must be unique)")
+
+
+def _default_name(spec: str) -> str | None:
+    """The name an in-process llama.cpp member takes from its spec (None for other backends)."""
+    if split_spec(spec)[0] != "gguf":
+        return None
+    return Path(spec).stem if spec.endswith(".gguf") else spec
+
+
+def _check_primary(primary: str | int | None, specs: Sequence[str]) -> None:
+    """``primary`` checked against the specs before any model loads: an index in range, or a
+    name one of the members will have (only where every member's name follows from its spec)."""
+    if primary is None:
+        return
+    if isinstance(primary, bool) or not isinstance(primary, str | int):
+        raise InvalidConfigError(f"primary must be a member name or index, got {primary!r}")
+    if not specs:
+        return
+    if isinstance(primary, int):
+        if not 0 <= primary < len(specs):
+            raise InvalidConfigError(f"primary index {primary} out of range for {len(specs)} members")
+        return
+    names = [_default_name(s) for s in specs]
+    if None not in names and primary not in names and primary not in specs:
+        raise InvalidConfigError(f"primary {primary!r} is not a member (members: {', '.join(cast('list[str]', names))})")
+
+
+def _check_same_file(members: Sequence[Member], specs: Sequence[str]) -> None:
+    """The newest member must not be a model file an earlier one already loaded (one GGUF
+    given by alias and by path would be two members of one model: refused like one alias twice)."""
+    new = getattr(members[-1], "path", None)
+    if split_spec(specs[len(members) - 1])[0] != "gguf" or not isinstance(new, str | Path) or not Path(new).is_file():
+        return
+    for m, spec in zip(members[:-1], specs):
+        old = getattr(m, "path", None) if split_spec(spec)[0] == "gguf" else None
+        if isinstance(old, str | Path) and Path(old).is_file() and os.path.samefile(old, new):
+            raise InvalidConfigError(
+                f"members {spec!r} and {specs[len(members) - 1]!r} are the same model file ({new}): give it once"
+            )
 
 
 def _is_batch(prompt: Any) -> bool:
@@ -273,9 +340,13 @@ class Ensemble:
         at load, with every core and with its share of them, and members step in threads only
         where that is faster than one after the other (:func:`plan_threads`).
         """
+        specs = _checked_specs(specs)
         make_method(method, k=k)  # validate settings before the slow part
         make_gate(gate)
         make_rules(weighting)
+        _normalised_weights(weights, len(specs))
+        _check_distinct(specs)
+        _check_primary(primary, specs if "name" not in member_options else [])
         if ray_address is not None:
             from .members.ray_member import connect
 
@@ -295,6 +366,7 @@ class Ensemble:
         try:
             for spec in specs:
                 members.append(load_member(spec, **member_options, **(local_options if spec in local else {})))
+                _check_same_file(members, specs)
             force_chat_templates(members, chat_templates or {}, specs)
             if auto:
                 parallel = plan_threads([m for m, s in zip(members, specs) if s in local], os.cpu_count() or 1)
@@ -391,6 +463,8 @@ class Ensemble:
         (see :meth:`generate_batch`).
         """
         self._check_open()
+        if isinstance(prompt, list | tuple) and not prompt:
+            raise InvalidInputError("generate got an empty list: give a prompt, or a list of prompts to batch")
         if _is_batch(prompt):
             return self.generate_batch(cast("list[Prompt]", prompt), config, chat=chat, **kwargs)
         out = None
@@ -405,6 +479,8 @@ class Ensemble:
     ) -> Generator[StreamChunk, None, None]:
         """Generate step by step, yielding text as soon as it is complete UTF-8."""
         self._check_open()
+        if _is_batch(prompt):
+            raise InvalidInputError("stream takes one prompt; for a list of prompts use generate or generate_batch")
         config = _config(config, kwargs)
         with self.exclusive():
             if self.method.response_level:  # rank: whole answers, made by the method itself

@@ -93,19 +93,43 @@ def render_chat(member: Member, messages: Messages, *, add_generation_prompt: bo
         raise InvalidInputError(f"{member.name}'s chat template rejected the messages: {err}") from None
 
 
+def _kind(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return "an empty list" if not value else f"a list of {type(value[0]).__name__}"
+    return type(value).__name__
+
+
+def message_text(content: Any, index: int) -> str:
+    """A message's content as text: a string, or OpenAI's list of ``{"type": "text", "text": ...}``
+    parts joined (as the server reads them)."""
+    if isinstance(content, str | bytes):
+        return as_utf8(content, f"message {index}").decode()
+    if isinstance(content, Sequence) and all(
+        isinstance(p, Mapping) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+    ):
+        return "".join(as_utf8(p["text"], f"message {index}").decode() for p in content)
+    raise InvalidInputError(
+        f"message {index}: content must be a string or a list of {{'type': 'text', 'text': ...}} parts, got {_kind(content)}"
+    )
+
+
 def start_track(member: Member, prompt: Prompt, *, chat: bool, reserve: int = 1) -> TokenTrack:
     """The member's token track for ``prompt`` (see the module docstring)."""
     if chat:
         messages: Messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str | bytes) else prompt
+        if not isinstance(messages, Sequence):
+            raise InvalidInputError(f"a chat is a list of messages, got {_kind(messages)}")
         for i, m in enumerate(messages):
             if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
                 raise InvalidInputError(f"message {i} needs 'role' and 'content'")
-        messages = [{**m, "content": as_utf8(m["content"], f"message {i}").decode()} for i, m in enumerate(messages)]
+        messages = [{**m, "content": message_text(m["content"], i)} for i, m in enumerate(messages)]
         text = as_utf8(render_chat(member, messages))
     elif isinstance(prompt, str | bytes):
         text = as_utf8(prompt)
-    else:
+    elif isinstance(prompt, Sequence) and prompt and all(isinstance(m, Mapping) for m in prompt):
         raise InvalidInputError("a list of messages needs chat mode (chat=True / --chat)")
+    else:
+        raise InvalidInputError(f"a prompt is a string or bytes (or, in chat mode, a list of messages), got {_kind(prompt)}")
     # A template that writes BOS itself must not get a second one from the tokenizer.
     add_bos = not (member.bos_text and text.startswith(member.bos_text.encode()))
     ids = member.tokenize(text, add_bos=add_bos, special=True)
@@ -115,6 +139,11 @@ def start_track(member: Member, prompt: Prompt, *, chat: bool, reserve: int = 1)
     track = TokenTrack(member.vocab, member.tokenize, frozen, member.vocab.decode(ids[last_control + 1 :]))
     n = len(track)
     if n == 0:
+        if text:  # e.g. token ids that are all control tokens the tokenizer drops
+            raise InvalidInputError(
+                f"the prompt ({len(text)} bytes) gives {member.name} no tokens to start from (only control tokens "
+                "it does not keep?) and it has no BOS token"
+            )
         raise InvalidInputError(f"the prompt is empty and {member.name} has no BOS token to start from")
     if n + reserve > member.n_ctx:
         raise ContextLengthError(

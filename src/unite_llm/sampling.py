@@ -90,8 +90,11 @@ def choose(probs: np.ndarray, config: GenerationConfig, rng: np.random.Generator
     """Index of the chosen candidate: argmax when greedy, else a seeded nucleus sample."""
     if config.greedy:
         return int(np.argmax(probs))  # ties go to the earliest candidate in union order
-    logp = np.log(np.maximum(probs, 1e-300)) / config.temperature
-    p = np.exp(logp - logp.max())
+    logp = np.log(np.maximum(probs, 1e-300))
+    # Shift before scaling: the best candidate stays at 0 for any temperature, so a tiny one
+    # (5e-324) sends the others to -inf (probability 0), never -inf - -inf = NaN.
+    with np.errstate(over="ignore"):
+        p = np.exp((logp - logp.max()) / config.temperature)
     p = np.where(probs > 0, p, 0.0)
     p /= p.sum()
     order = np.argsort(-p, kind="stable")

@@ -52,6 +52,33 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int], open_: set[int]) -> in
     return memo[key]
 
 
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (PyYAML's own text spans several lines,
+    with a caret under the spot)."""
+    problem = getattr(err, "problem", None)
+    if not problem:
+        return " ".join(str(err).split())
+    mark = getattr(err, "problem_mark", None)
+    context = getattr(err, "context", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{context + ': ' if context else ''}{problem}{where}"
+
+
+def validation_problems(err: Any) -> str:
+    """A pydantic ``ValidationError`` in one line: ``field: problem (got value)``, ``;``-separated."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e.get("loc", ())) or "(the document)"
+        got = "" if e.get("type") == "missing" else f" (got {_short(e.get('input'))})"
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}{got}")
+    return "; ".join(parts)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def parse_yaml(text: str, where: str) -> Any:
     """``yaml.safe_load(text)`` with the expansion bounded (see the module docstring)."""
     loader = yaml.SafeLoader(text)
@@ -67,7 +94,7 @@ def parse_yaml(text: str, where: str) -> Any:
             )
         return loader.construct_document(node)
     except yaml.YAMLError as err:
-        raise InvalidConfigError(f"cannot parse {where}: {err}") from None
+        raise InvalidConfigError(f"cannot parse {where}: {yaml_problem(err)}") from None
     except RecursionError:
         raise InvalidConfigError(f"cannot parse {where}: nested too deeply") from None
     except InvalidConfigError as err:

@@ -63,10 +63,12 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(ens: Ensemble, model: str, *, max_batch: int = 1, max_queue: int = MAX_QUEUE) -> Iterator[LiveServer]:
+def live_server(
+    ens: Ensemble, model: str, *, max_batch: int = 1, max_queue: int = MAX_QUEUE, default_max_tokens: int = 32
+) -> Iterator[LiveServer]:
     """``ens`` behind uvicorn on a free loopback port, for the duration of the block
     (``max_batch > 1``: continuous batching)."""
-    app = create_app(ens, model, max_queue=max_queue, default_max_tokens=32, max_batch=max_batch)
+    app = create_app(ens, model, max_queue=max_queue, default_max_tokens=default_max_tokens, max_batch=max_batch)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))

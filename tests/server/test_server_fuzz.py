@@ -3,7 +3,8 @@ to the real server on loopback never get a 500 or a traceback.
 
 Every payload that could run keeps ``max_tokens`` (or ``max_completion_tokens``) at 2 or
 less, so the bounded examples stay cheap on the real models.  An error is always OpenAI's
-schema; a 200 stream never carries an error event.
+schema; a 200 stream never carries an error event.  Deterministic: derandomized (hypothesis'
+fixed seed per test), 40 examples per test (see also ``test_server_schema_fuzz.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+# Seed and size: derandomized (hypothesis' fixed seed for each test, no example database), 40 examples per test.
+FUZZ = settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow], database=None)
 
 json_scalars = (
     st.none()

@@ -14,6 +14,8 @@ import pytest
 from tests.server.conftest import MAX_QUEUE
 from tests.server.test_server_errors import check_error
 
+from unite_llm.errors import InvalidInputError
+
 
 @pytest.fixture(scope="module")
 def http(server) -> httpx.Client:
@@ -82,3 +84,29 @@ def test_unsupported_or_mistyped_settings_are_refused_not_ignored(server, http, 
 def test_text_response_format_is_accepted(server, http) -> None:
     body = {"model": server.model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
     assert post(http, "/v1/chat/completions", body | {"response_format": {"type": "text"}}).status_code == 200
+
+
+def test_a_token_id_prompt_of_control_tokens_alone_says_so(server, http) -> None:
+    """Issue 28 item 13: not "the prompt is empty" for ids that are there but spell nothing."""
+    err = check_error(post(http, "/v1/completions", {"model": server.model, "prompt": [1, 2], "max_tokens": 1}), 400)
+    assert "control tokens" in err["message"] and err["param"] == "prompt"
+
+
+def test_chat_content_as_text_parts_matches_the_python_api(server, http) -> None:
+    """Issue 28 item 13: OpenAI's list of text parts reads as the joined text in the server and the API alike."""
+    parts = [{"type": "text", "text": "The capital of"}, {"type": "text", "text": " France is"}]
+    body = {"model": server.model, "messages": [{"role": "user", "content": parts}], "max_tokens": 3, "temperature": 0}
+    got = post(http, "/v1/chat/completions", body).json()["choices"][0]["message"]["content"]
+    want = server.generate([{"role": "user", "content": parts}], chat=True, max_new_tokens=3).text
+    assert got == want
+    image = [{"type": "image_url", "image_url": {"url": "http://x"}}]
+    check_error(post(http, "/v1/chat/completions", body | {"messages": [{"role": "user", "content": image}]}), 422)
+    with pytest.raises(InvalidInputError, match="content must be a string or a list of"):  # and the API alike
+        server.generate([{"role": "user", "content": image}], chat=True, max_new_tokens=1)
+
+
+def test_a_denormal_temperature_is_served_not_a_500(server, http) -> None:
+    """Found by the schema fuzz (test_server_schema_fuzz.py, a random run of 300 examples): NaN in sampling."""
+    body = {"model": server.model, "messages": [{"role": "user", "content": ""}], "temperature": 5e-324, "max_tokens": 2}
+    resp = post(http, "/v1/chat/completions", body)
+    assert resp.status_code == 200, resp.text

@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import InvalidConfigError, InvalidInputError
 from ..members import Member, load_member
 from .report import write_reports
-from .runner import SINGLE, System, build_systems, check_out_dir, read_results, run_task, summarize
+from .runner import SINGLE, System, build_systems, check_on_error, check_out_dir, read_results, run_task, summarize
 from .scoring import paired_difference, wilson_interval
 from .tasks import PAPER_TASKS, RESULT_TASKS, Item, Task
 
@@ -61,11 +61,15 @@ def evaluate_systems(
     reports: bool = True,
     drop_damaged: bool = False,
     batch_size: int = 1,
+    on_error: str = "stop",
 ) -> dict[str, Any]:
     """Run every system on every task (resuming), write reports, return the summary.
 
-    ``batch_size`` items decode at once (see :func:`~unite_llm.eval.runner.run_task`).
+    ``batch_size`` items decode at once; ``on_error`` is ``"stop"`` (an item the system cannot
+    run, e.g. over a member's context, stops the run naming it) or ``"skip"`` (recorded as
+    incorrect with its ``"error"``, counted as ``errors``); see :func:`~unite_llm.eval.runner.run_task`.
     """
+    check_on_error(on_error)
     loaded = [t if isinstance(t, Task) else Task.load(t, setting=setting, datasets_dir=datasets_dir) for t in tasks]
     if isinstance(limit, dict):  # --limit TASK=N for a task not in the run is a typo, not a no-op
         stray = sorted(set(limit) - {"*"} - {t.name for t in loaded})
@@ -116,6 +120,7 @@ def evaluate_systems(
                     max_new_tokens=max_new_tokens,
                     drop_damaged=drop_damaged,
                     batch_size=batch_size,
+                    on_error=on_error,
                 )
                 entry["systems"][system.label] = summarize(results, by_group=task.spec.group_by is not None)
                 verdicts[system.label] = [bool(r["correct"]) for r in results]

@@ -99,6 +99,16 @@ def markdown_table(summary: dict[str, Any]) -> str:
                 f"| {PRETTY.get(t, t)} | {s['label']} | {row['n']} | {row['accuracy']:.1f} | [{lo:.1f}, {hi:.1f}] | "
                 f"{row['mean_tokens']:.1f} | {row['mean_chars']:.0f} | {row['mean_time_s']:.2f} | {row['mean_union']:.1f} |"
             )
+    skipped = [
+        (t, s["label"], row["errors"])
+        for t in tasks
+        for s in systems
+        if (row := summary["tasks"][t]["systems"].get(s["label"])) and row.get("errors")
+    ]
+    if skipped:  # --on-error skip: items the system could not run, counted as incorrect
+        out += ["", 'Items skipped after an error (--on-error skip; counted as incorrect, each line has its "error"):', ""]
+        out += ["| task | system | skipped |", "|---|---|---|"]
+        out += [f"| {PRETTY.get(t, t)} | {label} | {n} |" for t, label, n in skipped]
     return "\n".join(out) + "\n"
 
 

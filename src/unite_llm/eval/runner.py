@@ -29,13 +29,18 @@ from pathlib import Path
 from typing import Any
 
 from ..engine import Ensemble
-from ..errors import InvalidConfigError
+from ..errors import ContextLengthError, InvalidConfigError, InvalidInputError
 from ..members import Member
 from ..sampling import GenerationConfig
 from .scoring import wilson_interval
 from .tasks import Item, Task
 
 SINGLE = "single"
+ON_ERROR = ("stop", "skip")
+"""What an item the system cannot run (a prompt over a member's context, text it refuses) does:
+``stop`` the run with an error naming the item, or ``skip`` it, recorded as incorrect with its
+``"error"`` (counted as ``errors`` in the summary)."""
+ITEM_ERRORS = (ContextLengthError, InvalidInputError)
 
 
 @dataclass
@@ -352,6 +357,45 @@ def run_items(task: Task, system: System, items: Sequence[Item], gen: Generation
     return records
 
 
+def error_record(item: Item, err: Exception) -> dict[str, Any]:
+    """The line of an item skipped by ``on_error="skip"``: incorrect, no output, and why."""
+    return {
+        "id": item.id,
+        "prompt_id": prompt_id(item),
+        "group": item.group,
+        "output": "",
+        "extracted": "",
+        "gold": item.gold,
+        "correct": False,
+        "tokens": 0,
+        "chars": 0,
+        "finish_reason": "error",
+        "time_s": 0.0,
+        "mean_union": 0.0,
+        "ensembled": 1.0,
+        "error": str(err),
+    }
+
+
+def run_group(task: Task, system: System, items: Sequence[Item], gen: GenerationConfig, on_error: str) -> list[dict[str, Any]]:
+    """:func:`run_items`, where an item the system cannot run stops the run with an error naming
+    it or (``on_error="skip"``) is recorded by :func:`error_record`; in a batch that fails,
+    each item runs alone, so one bad item never costs its neighbours their results."""
+    try:
+        return run_items(task, system, items, gen)
+    except ITEM_ERRORS as err:
+        if len(items) > 1:
+            return [rec for it in items for rec in run_group(task, system, [it], gen, on_error)]
+        item = items[0]
+        shown_id = repr(item.id) if len(item.id) <= 60 else repr(item.id[:57] + "...")
+        if on_error == "skip":
+            return [error_record(item, err)]
+        raise type(err)(
+            f"task {task.name}, item {shown_id} ({system.label}): {err} (fix or drop the item; on_error='skip' "
+            "records such items as incorrect and goes on)"
+        ) from None
+
+
 def run_task(
     task: Task,
     system: System,
@@ -363,8 +407,12 @@ def run_task(
     max_new_tokens: int | None = None,
     drop_damaged: bool = False,
     batch_size: int = 1,
+    on_error: str = "stop",
 ) -> list[dict[str, Any]]:
     """Evaluate ``items`` (resuming), returning their results in item order.
+
+    ``on_error`` (:data:`ON_ERROR`) is what an item the system cannot run does: ``stop`` with
+    an error naming it (the items before it are kept), or ``skip`` it, recorded as incorrect.
 
     ``drop_damaged`` moves result lines that cannot be read to a side file and continues
     (see :func:`read_results`); without it such a line is an error.  ``batch_size`` items
@@ -373,6 +421,7 @@ def run_task(
     """
     if batch_size < 1:
         raise InvalidConfigError(f"batch_size must be >= 1, got {batch_size}")
+    check_on_error(on_error)
     folder = Path(out_dir) / task.name
     jsonl = folder / f"{system.slug}.jsonl"
     meta = {
@@ -413,7 +462,7 @@ def run_task(
         with jsonl.open("ab") as f:
             for start in range(0, len(todo), batch_size):
                 group = todo[start : start + batch_size]
-                for item, rec in zip(group, run_items(task, system, group, gen)):
+                for item, rec in zip(group, run_group(task, system, group, gen, on_error)):
                     _append(f, rec)
                     done[item.id] = rec
                     correct += rec["correct"]
@@ -422,6 +471,12 @@ def run_task(
         if bar is not None:
             progress.update(bar, description=_describe(task, system, correct, len(items)))
     return [done[it.id] for it in items]
+
+
+def check_on_error(on_error: Any) -> str:
+    if on_error not in ON_ERROR:
+        raise InvalidConfigError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
+    return str(on_error)
 
 
 def _describe(task: Task, system: System, correct: int, n: int) -> str:
@@ -449,6 +504,7 @@ def summarize(results: Sequence[dict[str, Any]], *, by_group: bool = False) -> d
         "mean_union": mean("mean_union"),
         "mean_ensembled": round(sum(float(r.get("ensembled", 1.0)) for r in results) / n, 4) if n else 0.0,
         "empty_answers": sum(1 for r in results if not r.get("extracted")),
+        "errors": sum(1 for r in results if r.get("error")),  # items skipped by on_error="skip"
     }
     if by_group:
         groups: dict[str, list[dict[str, Any]]] = {}

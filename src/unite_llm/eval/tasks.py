@@ -42,7 +42,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import InvalidConfigError, InvalidInputError
-from ..textfiles import load_yaml, read_text
+from ..textfiles import load_yaml, read_text, validation_problems
 from . import scoring
 
 DATASETS_ENV = "UNITE_DATASETS"
@@ -352,12 +352,12 @@ class Task:
             if setting in settings:
                 raw = _merge(raw, settings[setting])
             elif setting != "small":  # tasks without a variant run their one setting under any name
-                raise InvalidConfigError(f"task {ref!r} has no setting {setting!r} (has: paper, {', '.join(settings)})")
+                raise InvalidConfigError(f"task {ref!r} has no setting {setting!r} (has: {', '.join(['paper', *settings])})")
         raw.setdefault("name", path.stem)
         try:
             spec = TaskSpec.model_validate(raw)
         except ValidationError as err:
-            raise InvalidConfigError(f"invalid task file {path}: {err}") from None
+            raise InvalidConfigError(f"invalid task file {path}: {validation_problems(err)}") from None
         scoring.extract(  # a bad extraction fails here, before any model runs
             spec.extract.get("kind", "raw"),
             "",

@@ -384,7 +384,15 @@ class OpenAIServing:
             raise APIError(400, f"token id {bad[0]} is out of range for {ref.name}'s vocabulary (0..{n - 1})", param=param)
         if not ids:
             raise APIError(400, "a token-id prompt must not be empty", param=param)
-        return ref.vocab.decode(ids)
+        text = ref.vocab.decode(ids)
+        if not text and param == "prompt":
+            raise APIError(
+                400,
+                f"the token ids {list(ids)[:8]}{' ...' if len(ids) > 8 else ''} are all control tokens of {ref.name} "
+                "(BOS, EOS, chat markers), which spell no text: give a prompt with text in it",
+                param=param,
+            )
+        return text
 
     def check_chat(self, req: ChatCompletionRequest) -> None:
         self.check_common(req)
