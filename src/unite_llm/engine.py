@@ -19,32 +19,30 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any, Protocol, cast, overload
 
 import numpy as np
 
 from .errors import InvalidConfigError
-from .members import Member, batch_rows, forward_rows, load_member, split_spec, supports_batch
+from .loading import load_members
+from .members import Member, batch_rows, forward_rows, supports_batch
 from .members.base import reset_cache, start_sequence
 from .methods import make_method
 from .methods.base import END, BatchView, MemberScores, StepDistribution, StepMethod, candidate_text
 from .methods.gate import Gate, make_gate
 from .methods.weighting import WeightRule, apply_rules, make_rules
 from .models import DEFAULT_ENSEMBLE
-from .prompts import Prompt, force_chat_templates, start_track
+from .prompts import Prompt, start_track
 from .sampling import GenerationConfig, choose
 from .scores import DenseScores, Scores, as_scores
 from .stopping import StopStrings
 from .sync import TokenTrack
-from .thread_plan import plan_threads
 
 log = logging.getLogger("unite_llm")
 
@@ -276,53 +274,32 @@ class Ensemble:
         make_method(method, k=k)  # validate settings before the slow part
         make_gate(gate)
         make_rules(weighting)
-        if ray_address is not None:
-            from .members.ray_member import connect
-
-            connect(ray_address)
-        local = [s for s in specs if split_spec(s)[0] == "gguf"]
-        auto = parallel is None and gate is None and member_options.get("n_threads") is None and len(local) > 1
-        if gate is not None and parallel is None:
-            parallel = False  # the primary decides first whether the partners run at all
-        parallel = len(specs) > 1 if parallel is None else parallel
-        local_options: dict[str, Any] = {}  # for the in-process llama.cpp members only
-        if parallel and not auto and len(local) > 1 and member_options.get("n_threads") is None:
-            local_options["n_threads"] = max(1, (os.cpu_count() or 1) // len(local))  # one core budget each
-        if n_seq is not None:
-            local_options["n_seq"] = n_seq
-        t0 = time.perf_counter()
-        members: list[Member] = []
-        try:
-            for spec in specs:
-                members.append(load_member(spec, **member_options, **(local_options if spec in local else {})))
-            force_chat_templates(members, chat_templates or {}, specs)
-            if auto:
-                parallel = plan_threads([m for m, s in zip(members, specs) if s in local], os.cpu_count() or 1)
-        except BaseException:
-            for m in members:
-                m.close()
-            raise
-        return cls(
-            members,
-            weights=weights,
-            k=k,
-            method=method,
-            primary=primary,
-            load_s=time.perf_counter() - t0,
+        _normalised_weights(weights, len(specs))
+        loaded = load_members(
+            specs,
             parallel=parallel,
-            prefix_cache=prefix_cache,
             gate=gate,
-            weighting=weighting,
+            ray_address=ray_address,
+            chat_templates=chat_templates,
+            n_seq=n_seq,
+            **member_options,
         )
-
-    @classmethod
-    def from_config(cls, path: str | Path, **overrides: Any) -> Ensemble:
-        """Load an ensemble config file (see :mod:`unite_llm.config`)."""
-        from .config import EnsembleConfig
-
-        cfg = EnsembleConfig.read(path)
-        kwargs = cfg.ensemble_kwargs() | {k: v for k, v in overrides.items() if v is not None}
-        return cls.load(**kwargs)
+        try:
+            return cls(
+                loaded.members,
+                weights=weights,
+                k=k,
+                method=method,
+                primary=primary,
+                load_s=loaded.load_s,
+                parallel=loaded.parallel,
+                prefix_cache=prefix_cache,
+                gate=gate,
+                weighting=weighting,
+            )
+        except BaseException:  # a primary that names no member: the members are freed
+            loaded.close()
+            raise
 
     @property
     def names(self) -> list[str]:
