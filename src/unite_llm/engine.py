@@ -32,7 +32,7 @@ import numpy as np
 from .errors import InvalidConfigError
 from .loading import load_members
 from .members import Member, batch_rows, forward_rows, supports_batch
-from .members.base import reset_cache, start_sequence
+from .members.base import check_abilities, joins_cheaply, reset_cache, start_sequence
 from .methods import make_method
 from .methods.base import END, BatchView, MemberScores, StepDistribution, StepMethod, candidate_text
 from .methods.gate import Gate, make_gate
@@ -194,6 +194,8 @@ class Ensemble:
         names = [m.name for m in members]
         if len(set(names)) != len(names):
             raise InvalidConfigError(f"member names must be unique, got {names}")
+        for m in members:
+            check_abilities(m)
         self.members = list(members)
         self.weights = _normalised_weights(weights, len(members))
         self.method = make_method(method, k=k) if isinstance(method, str) else method
@@ -577,7 +579,7 @@ class Ensemble:
         groups of ``size``.
         """
         size = min(size, len(prompts)) or 1
-        joins = size > 1 and all(getattr(m, "cheap_joins", False) for m in self.members)
+        joins = size > 1 and all(joins_cheaply(m) for m in self.members)
         tracks = [self.start_tracks(p, chat=chat) for p in prompts]  # every prompt is valid before any member forgets
         batch = DecodeBatch(self, batched=size > 1)
         index: dict[int, int] = {}  # row id -> prompt
