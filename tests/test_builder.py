@@ -219,3 +219,24 @@ def test_lm_eval_batch_size_in_model_args_and_from_lm_eval():
         assert lm.batch_size == 2
     finally:
         lm.close()
+
+
+@pytest.mark.fast
+def test_serve_applies_the_generation_block_where_a_request_sets_nothing():
+    import inspect
+
+    from tests.fakes import FakeMember
+    from unite_llm.cli.serve import serve
+    from unite_llm.defaults import DEFAULT_MAX_BATCH
+    from unite_llm.engine import Ensemble
+    from unite_llm.server import create_app
+    from unite_llm.server.schemas import CompletionRequest
+
+    assert inspect.signature(create_app).parameters["max_batch"].default == DEFAULT_MAX_BATCH
+    assert inspect.signature(serve).parameters["max_batch"].default == DEFAULT_MAX_BATCH  # one default for both
+    api = create_app(Ensemble([FakeMember("left")]), generation_defaults={"stop": ["\n"], "temperature": 0.0, "seed": 3})
+    serving = api.state.serving
+    gen = serving.gen_config(CompletionRequest(model="m", prompt="hi"), 5)
+    assert (tuple(gen.stop), gen.temperature, gen.seed) == (("\n",), 0.0, 3)
+    gen = serving.gen_config(CompletionRequest(model="m", prompt="hi", temperature=0.7, stop="x"), 5)
+    assert (tuple(gen.stop), gen.temperature) == (("x",), 0.7)  # what the request sends wins
