@@ -1,8 +1,12 @@
 """Ensemble config files (JSON, YAML or TOML), as written by ``unite select``.
 
 One file says everything needed to rebuild an ensemble: members, weights, k, method,
-primary, and default generation settings.  ``unite generate/eval/serve --config FILE``
-read it; command-line flags override it.
+primary, chat templates, gate, weighting, member options, and default generation settings.
+``unite generate/serve/eval/select --config FILE`` and lm-eval's ``unite`` model
+(``config=FILE``) read it through one builder (:mod:`unite_llm.builder`); command-line flags
+override it.  The ``generation`` block (``max_new_tokens``, ``stop``, ``temperature``, ``top_p``,
+``seed``, ``ignore_eos``) is checked when the file is read, and generate and serve take it as
+their defaults.
 """
 
 from __future__ import annotations
