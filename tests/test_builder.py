@@ -240,3 +240,15 @@ def test_serve_applies_the_generation_block_where_a_request_sets_nothing():
     assert (tuple(gen.stop), gen.temperature, gen.seed) == (("\n",), 0.0, 3)
     gen = serving.gen_config(CompletionRequest(model="m", prompt="hi", temperature=0.7, stop="x"), 5)
     assert (tuple(gen.stop), gen.temperature) == (("x",), 0.7)  # what the request sends wins
+
+
+def test_the_python_evaluate_loads_through_the_builder(tmp_path: Path):
+    from unite_llm.eval import evaluate
+
+    task = write_task(tmp_path, rows=[{"country": "France", "capital": "Paris"}])
+    summary = evaluate(
+        [str(task)], [SMOL], methods=["single"], member_options={"n_ctx": 256, "n_threads": 1}, out=tmp_path / "o", progress=False
+    )
+    assert summary["tasks"]["capitals"]["systems"][SMOL]["n"] == 1
+    with pytest.raises(InvalidConfigError, match="3 weights given for 1 members"):  # before loading
+        evaluate([str(task)], [MISSING], weights=[1, 2, 3], out=tmp_path / "o", progress=False)

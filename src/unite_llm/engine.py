@@ -271,7 +271,9 @@ class Ensemble:
         then the partners where the gate opened), each with every core.  Without one and with
         ``parallel`` and ``n_threads`` unset, each in-process llama.cpp member's decode is timed
         at load, with every core and with its share of them, and members step in threads only
-        where that is faster than one after the other (:func:`plan_threads`).
+        where that is faster than one after the other (:func:`~unite_llm.thread_plan.plan_threads`).
+        The loading is :func:`unite_llm.loading.load_members`'s; a config file (and the rules
+        every entry point applies to one) is :func:`unite_llm.builder.build_ensemble`'s.
         """
         make_method(method, k=k)  # validate settings before the slow part
         make_gate(gate)
