@@ -131,3 +131,19 @@ def test_the_decode_loop_exists_once():
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in {"choose", "StopStrings"}:
                 callers.add(path.relative_to(SRC / PACKAGE).as_posix())
     assert callers == {"engine.py"}
+
+
+def test_members_import_nothing_from_the_step_methods():
+    """Members sit below the step methods (issue 27 item 3): what both need (candidates, END,
+    the vocabulary) lives beside the vocabulary, so a member never imports ``methods``."""
+    graph = import_graph()
+    members = [name for name in graph if name == f"{PACKAGE}.members" or name.startswith(f"{PACKAGE}.members.")]
+    assert members, "no member modules found"
+    for name in members:
+        bad = {d for d in graph[name] if d == f"{PACKAGE}.methods" or d.startswith(f"{PACKAGE}.methods.")}
+        assert not bad, f"{name} imports {sorted(bad)}"
+
+
+def test_the_import_rule_checker_sees_a_function_body_import(tmp_path):
+    tree = ast.parse("def f():\n    from ..methods.base import END\n")
+    assert "unite_llm.methods.base" in _imports(tree, ["unite_llm", "members"])

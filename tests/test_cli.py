@@ -42,7 +42,8 @@ def test_generate_streams_plain_text_and_reads_stdin():
 
 
 def test_explain_shows_the_whole_union():
-    proc = run("generate", "--json", "--explain", "-n", "2", "--n-ctx", "512", "--k", "3", "Hello")
+    # --gate off: the default ensemble's gate would leave confident steps to the primary alone.
+    proc = run("generate", "--json", "--explain", "-n", "2", "--n-ctx", "512", "--k", "3", "--gate", "off", "Hello")
     out = json.loads(proc.stdout)
     union = out["steps"][0]["union"]
     assert 3 <= len(union) <= 6  # k=3 per member, two members

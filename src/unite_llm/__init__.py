@@ -8,6 +8,7 @@ Implements *Determine-Then-Ensemble: Necessity of Top-k Union for LLM Ensembling
         print(ens.generate("The capital of France is", max_new_tokens=16).text)
 """
 
+from .builder import build_ensemble
 from .config import EnsembleConfig
 from .engine import Ensemble, GenerationOutput, StepRecord, StreamChunk, Timing
 from .errors import ContextLengthError, InvalidConfigError, InvalidInputError, ModelNotFoundError, UniteError
@@ -32,5 +33,6 @@ __all__ = [
     "StreamChunk",
     "Timing",
     "UniteError",
+    "build_ensemble",
     "load_member",
 ]

@@ -1,8 +1,12 @@
 """Ensemble config files (JSON, YAML or TOML), as written by ``unite select``.
 
 One file says everything needed to rebuild an ensemble: members, weights, k, method,
-primary, and default generation settings.  ``unite generate/eval/serve --config FILE``
-read it; command-line flags override it.
+primary, chat templates, gate, weighting, member options, and default generation settings.
+``unite generate/serve/eval/select --config FILE`` and lm-eval's ``unite`` model
+(``config=FILE``) read it through one builder (:mod:`unite_llm.builder`); command-line flags
+override it.  The ``generation`` block (``max_new_tokens``, ``stop``, ``temperature``, ``top_p``,
+``seed``, ``ignore_eos``) is checked when the file is read, and generate and serve take it as
+their defaults.
 """
 
 from __future__ import annotations
@@ -12,11 +16,38 @@ import math
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import InvalidConfigError
+
+if TYPE_CHECKING:
+    from .sampling import GenerationConfig
+
+GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "seed", "stop", "ignore_eos")
+"""What a config's ``generation`` block may set (:class:`~unite_llm.sampling.GenerationConfig` fields)."""
+
+
+def check_generation(block: Any) -> Any:
+    """A ``generation`` block's problem as a ``ValueError`` naming the key (``generation.temperature:
+    temperature must be a number, got 'hot'``); the block itself when it is fine."""
+    from .sampling import GenerationConfig
+
+    if not isinstance(block, dict):
+        raise ValueError(f"generation must be a mapping of {', '.join(GENERATION_KEYS)}, got {block!r}")
+    for key, value in block.items():
+        if key not in GENERATION_KEYS:
+            raise ValueError(f"generation.{key} is not a generation setting (known: {', '.join(GENERATION_KEYS)})")
+        try:
+            GenerationConfig(**{key: value})
+        except InvalidConfigError as err:
+            raise ValueError(f"generation.{key}: {err}") from None
+    try:
+        GenerationConfig(**block)
+    except InvalidConfigError as err:
+        raise ValueError(f"generation: {err}") from None
+    return block
 
 
 class EnsembleConfig(BaseModel):
@@ -40,7 +71,11 @@ class EnsembleConfig(BaseModel):
         "(or {threshold, signal: top1|margin}); None: every step",
     )
     weighting: list[str] = Field(default_factory=list, description="per-step weighting rules, e.g. ['floor=0.6', 'entropy']")
-    generation: dict[str, Any] = Field(default_factory=dict, description="GenerationConfig defaults")
+    generation: dict[str, Any] = Field(
+        default_factory=dict,
+        description="GenerationConfig defaults for generate and serve (max_new_tokens, stop, temperature, top_p, seed, "
+        "ignore_eos); command-line flags and request fields override them",
+    )
     notes: dict[str, Any] = Field(default_factory=dict, description="free-form provenance (e.g. selection table)")
 
     @field_validator("weights")
@@ -64,6 +99,21 @@ class EnsembleConfig(BaseModel):
             "weighting": self.weighting or None,
             **self.member_options,
         }
+
+    @field_validator("generation")
+    @classmethod
+    def _generation(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return check_generation(v)
+
+    def generation_config(self, **overrides: Any) -> GenerationConfig:
+        """The ``generation`` block as a :class:`~unite_llm.sampling.GenerationConfig`, with
+        ``overrides`` (None: not given) on top; fields it does not set keep their defaults."""
+        from .sampling import GenerationConfig
+
+        block = dict(self.generation)
+        if "stop" in block and isinstance(block["stop"], list):
+            block["stop"] = tuple(block["stop"])
+        return GenerationConfig(**(block | {k: v for k, v in overrides.items() if v is not None}))
 
     @field_validator("gate")
     @classmethod

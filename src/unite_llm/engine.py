@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
@@ -32,19 +31,19 @@ from typing import Any, Protocol, cast, overload
 import numpy as np
 
 from .errors import InvalidConfigError, InvalidInputError
-from .members import Member, batch_rows, forward_rows, load_member, split_spec, supports_batch
-from .members.base import reset_cache, start_sequence
+from .loading import load_members
+from .members import Member, batch_rows, forward_rows, split_spec, supports_batch
+from .members.base import check_abilities, joins_cheaply, reset_cache, start_sequence
 from .methods import make_method
 from .methods.base import END, BatchView, MemberScores, StepDistribution, StepMethod, candidate_text
 from .methods.gate import Gate, make_gate
 from .methods.weighting import WeightRule, apply_rules, make_rules
 from .models import DEFAULT_ENSEMBLE
-from .prompts import Prompt, force_chat_templates, start_track
+from .prompts import Prompt, start_track
 from .sampling import GenerationConfig, choose
 from .scores import DenseScores, Scores, as_scores
 from .stopping import StopStrings
 from .sync import TokenTrack
-from .thread_plan import plan_threads
 
 log = logging.getLogger("unite_llm")
 
@@ -207,20 +206,6 @@ def _check_primary(primary: str | int | None, specs: Sequence[str]) -> None:
         raise InvalidConfigError(f"primary {primary!r} is not a member (members: {', '.join(cast('list[str]', names))})")
 
 
-def _check_same_file(members: Sequence[Member], specs: Sequence[str]) -> None:
-    """The newest member must not be a model file an earlier one already loaded (one GGUF
-    given by alias and by path would be two members of one model: refused like one alias twice)."""
-    new = getattr(members[-1], "path", None)
-    if split_spec(specs[len(members) - 1])[0] != "gguf" or not isinstance(new, str | Path) or not Path(new).is_file():
-        return
-    for m, spec in zip(members[:-1], specs):
-        old = getattr(m, "path", None) if split_spec(spec)[0] == "gguf" else None
-        if isinstance(old, str | Path) and Path(old).is_file() and os.path.samefile(old, new):
-            raise InvalidConfigError(
-                f"members {spec!r} and {specs[len(members) - 1]!r} are the same model file ({new}): give it once"
-            )
-
-
 def _is_batch(prompt: Any) -> bool:
     """A list of prompts, not one chat (a chat is a list of message mappings)."""
     return isinstance(prompt, list | tuple) and bool(prompt) and not any(isinstance(p, Mapping) for p in prompt)
@@ -263,6 +248,8 @@ class Ensemble:
         names = [m.name for m in members]
         if len(set(names)) != len(names):
             raise InvalidConfigError(f"member names must be unique, got {names}")
+        for m in members:
+            check_abilities(m)
         self.members = list(members)
         self.weights = _normalised_weights(weights, len(members))
         self.method = make_method(method, k=k) if isinstance(method, str) else method
@@ -338,7 +325,9 @@ class Ensemble:
         then the partners where the gate opened), each with every core.  Without one and with
         ``parallel`` and ``n_threads`` unset, each in-process llama.cpp member's decode is timed
         at load, with every core and with its share of them, and members step in threads only
-        where that is faster than one after the other (:func:`plan_threads`).
+        where that is faster than one after the other (:func:`~unite_llm.thread_plan.plan_threads`).
+        The loading is :func:`unite_llm.loading.load_members`'s; a config file (and the rules
+        every entry point applies to one) is :func:`unite_llm.builder.build_ensemble`'s.
         """
         specs = _checked_specs(specs)
         make_method(method, k=k)  # validate settings before the slow part
@@ -347,54 +336,31 @@ class Ensemble:
         _normalised_weights(weights, len(specs))
         _check_distinct(specs)
         _check_primary(primary, specs if "name" not in member_options else [])
-        if ray_address is not None:
-            from .members.ray_member import connect
-
-            connect(ray_address)
-        local = [s for s in specs if split_spec(s)[0] == "gguf"]
-        auto = parallel is None and gate is None and member_options.get("n_threads") is None and len(local) > 1
-        if gate is not None and parallel is None:
-            parallel = False  # the primary decides first whether the partners run at all
-        parallel = len(specs) > 1 if parallel is None else parallel
-        local_options: dict[str, Any] = {}  # for the in-process llama.cpp members only
-        if parallel and not auto and len(local) > 1 and member_options.get("n_threads") is None:
-            local_options["n_threads"] = max(1, (os.cpu_count() or 1) // len(local))  # one core budget each
-        if n_seq is not None:
-            local_options["n_seq"] = n_seq
-        t0 = time.perf_counter()
-        members: list[Member] = []
-        try:
-            for spec in specs:
-                members.append(load_member(spec, **member_options, **(local_options if spec in local else {})))
-                _check_same_file(members, specs)
-            force_chat_templates(members, chat_templates or {}, specs)
-            if auto:
-                parallel = plan_threads([m for m, s in zip(members, specs) if s in local], os.cpu_count() or 1)
-        except BaseException:
-            for m in members:
-                m.close()
-            raise
-        return cls(
-            members,
-            weights=weights,
-            k=k,
-            method=method,
-            primary=primary,
-            load_s=time.perf_counter() - t0,
+        loaded = load_members(
+            specs,
             parallel=parallel,
-            prefix_cache=prefix_cache,
             gate=gate,
-            weighting=weighting,
+            ray_address=ray_address,
+            chat_templates=chat_templates,
+            n_seq=n_seq,
+            **member_options,
         )
-
-    @classmethod
-    def from_config(cls, path: str | Path, **overrides: Any) -> Ensemble:
-        """Load an ensemble config file (see :mod:`unite_llm.config`)."""
-        from .config import EnsembleConfig
-
-        cfg = EnsembleConfig.read(path)
-        kwargs = cfg.ensemble_kwargs() | {k: v for k, v in overrides.items() if v is not None}
-        return cls.load(**kwargs)
+        try:
+            return cls(
+                loaded.members,
+                weights=weights,
+                k=k,
+                method=method,
+                primary=primary,
+                load_s=loaded.load_s,
+                parallel=loaded.parallel,
+                prefix_cache=prefix_cache,
+                gate=gate,
+                weighting=weighting,
+            )
+        except BaseException:  # a primary that names no member: the members are freed
+            loaded.close()
+            raise
 
     @property
     def names(self) -> list[str]:
@@ -676,7 +642,7 @@ class Ensemble:
         groups of ``size``.
         """
         size = min(size, len(prompts)) or 1
-        joins = size > 1 and all(getattr(m, "cheap_joins", False) for m in self.members)
+        joins = size > 1 and all(joins_cheaply(m) for m in self.members)
         tracks = [self.start_tracks(p, chat=chat) for p in prompts]  # every prompt is valid before any member forgets
         batch = DecodeBatch(self, batched=size > 1)
         index: dict[int, int] = {}  # row id -> prompt

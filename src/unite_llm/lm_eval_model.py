@@ -27,12 +27,14 @@ With ``--apply_chat_template`` the contexts are chats: :meth:`UniteLM.apply_chat
 returns the messages (marked JSON) and every member renders them with its own template.
 
 Model arguments (``--model_args key=value,...``): ``members`` (specs joined by ``+``;
-default the project's default pair), ``k``, ``method``, ``weights`` (joined by ``+``),
+default: the config's, else the default ensemble with its robust settings, as for ``unite
+generate``: :mod:`unite_llm.builder`), ``k``, ``method``, ``weights`` (joined by ``+``),
 ``primary``, ``n_ctx``, ``n_threads``, ``n_seq`` (sequences each llama.cpp member decodes
 together; default ``batch_size``), ``parallel``, ``prefix_cache``, ``config`` (an
 ensemble config file, :mod:`unite_llm.config`), ``seed`` (for sampled tasks),
 ``max_gen_toks`` (default 256), ``greedy_check`` (``False`` skips the decode behind
-``is_greedy`` and reports False), ``batch_size``, ``scores_file`` (a JSONL record of every
+``is_greedy`` and reports False), ``batch_size`` (in ``model_args`` or lm-eval's own
+``--batch_size``; ``model_args`` wins when both are given), ``scores_file`` (a JSONL record of every
 member's log-likelihood of every request, appended as they are computed and reused when the
 run is started again: a killed run resumes, and each member's own accuracy, or any subset's
 mixture, can be computed afterwards from the one run; see :class:`ScoresFile`).  From Python, ``UniteLM(ensemble=ens)``
@@ -66,7 +68,6 @@ from tqdm import tqdm
 from .engine import Ensemble
 from .errors import InvalidConfigError, UniteError
 from .loglik import Chat, Context, choice_mixture, ensemble_loglik, ensemble_rolling_loglik, greedy_prefixes, mixture
-from .models import DEFAULT_ENSEMBLE
 from .sampling import GenerationConfig
 
 log = logging.getLogger("unite_llm")
@@ -234,34 +235,25 @@ class UniteLM(LM):
         self._owned = ensemble is None
         self.batch_size = _batch_size(batch_size)
         if ensemble is None:
-            options: dict[str, Any] = {}
-            if n_ctx is not None:
-                options["n_ctx"] = int(n_ctx)
-            if n_threads is not None:
-                options["n_threads"] = int(n_threads)
+            from .builder import build_ensemble
+
             # llama.cpp members decode a batch together when they keep that many sequences.
             seqs = int(n_seq) if n_seq is not None else self.batch_size
-            if seqs > 1:
-                options["n_seq"] = seqs
-            w = None if weights is None else [float(x) for x in _split(weights, "weights")]
-            if config is not None:
-                # Only what was given overrides the file (from_config drops the Nones).
-                overrides = {"k": k, "method": method, "weights": w, "primary": primary, "parallel": parallel} | options
-                if members is not None:
-                    overrides["specs"] = _split(members, "members")
-                ensemble = Ensemble.from_config(config, prefix_cache=prefix_cache, **overrides)
-            else:
-                specs = _split(members, "members") or list(DEFAULT_ENSEMBLE)
-                ensemble = Ensemble.load(
-                    specs,
-                    weights=w,
-                    k=10 if k is None else int(k),
-                    method=method or "unite",
-                    primary=primary,
-                    parallel=parallel,
-                    prefix_cache=prefix_cache,
-                    **options,
-                )
+            # The same rules as `unite generate` (unite_llm.builder): a config file's settings apply,
+            # None is not given, and with neither members nor a config the default ensemble is used.
+            ensemble = build_ensemble(
+                config,
+                members=_split(members, "members") or None,
+                k=None if k is None else int(k),
+                method=method,
+                weights=None if weights is None else [float(x) for x in _split(weights, "weights")],
+                primary=primary,
+                parallel=parallel,
+                prefix_cache=prefix_cache,
+                n_ctx=None if n_ctx is None else int(n_ctx),
+                n_threads=None if n_threads is None else int(n_threads),
+                n_seq=seqs if seqs > 1 else None,
+            )
         self.ensemble = ensemble
         self.seed = seed
         self.max_gen_toks = int(max_gen_toks)
@@ -271,6 +263,21 @@ class UniteLM(LM):
             self._pool = ThreadPoolExecutor(max_workers=len(self.ensemble.members), thread_name_prefix="unite-score")
         self._warned: set[str] = set()
         self.scores = ScoresFile(scores_file, self.ensemble.names) if scores_file else None
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict[str, Any] | None = None) -> UniteLM:
+        """lm-eval's constructor from ``--model_args`` and its own options (``--batch_size``,
+        ``--max_batch_size``, ``--device``): an option also given in ``model_args`` is taken from
+        there (lm-eval's base class passed both, a ``TypeError``)."""
+        from lm_eval import utils
+
+        return cls.create_from_arg_obj(utils.simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict[str, Any] | None = None) -> UniteLM:
+        """As :meth:`create_from_arg_string`, from a dict of model arguments."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
 
     def close(self) -> None:
         """Stop the scoring threads; close the ensemble if this model loaded it."""

@@ -222,8 +222,8 @@ def run_selection(
     gap: float = 10.0,
     length_ratio: float = 2.0,
     length_unit: str = "chars",
-    k: int = 10,
-    method: str = "unite",
+    k: int | None = None,
+    method: str | None = None,
     setting: str = "paper",
     out: str | Path = "runs/select",
     verify: bool = False,
@@ -233,21 +233,34 @@ def run_selection(
     datasets_dir: str | Path | None = None,
     progress: bool = True,
     member_options: dict[str, Any] | None = None,
+    config: Any = None,
 ) -> SelectionReport:
     """Evaluate each candidate alone, apply the rule, optionally verify and tune.
 
     ``tune_weights`` tries k and the primary's weight; ``tune_gate`` tries the primary alone
     and the gates and floors of :func:`robust_grid`.  Both choose on one half of the items
     (the even positions) and report the choice against the default on the other half.
+
+    ``config`` (an :class:`~unite_llm.config.EnsembleConfig` or a file) gives the settings the
+    candidates load and ensemble with, as ``unite generate`` reads them (:mod:`unite_llm.builder`):
+    member options, chat templates, gate, weighting, parallel, Ray address; its members, weights
+    and primary are the selection's to decide.  ``k`` and ``method`` (None: the config's, else
+    10 and unite) and ``member_options`` override it.  The written config keeps those settings
+    (the gate and weighting ``tune_gate`` chose, where it ran).
     """
+    from .builder import plan_ensemble, resolve_config
     from .config import EnsembleConfig
     from .eval import make_progress
     from .eval.runner import ensemble_system, run_task, single_system, summarize
     from .eval.tasks import Task
-    from .members import load_member
 
     if len(candidates) < 1:
         raise InvalidConfigError("give at least one --candidate")
+    base = resolve_config(config, list(candidates)) if config is not None else EnsembleConfig(members=list(candidates))
+    base = base.model_copy(update={"members": list(candidates), "weights": None, "primary": None})
+    plan = plan_ensemble(base, k=k, method=method, **(member_options or {}))
+    k, method = plan.ensemble["k"], plan.ensemble["method"]
+    gate, weighting = plan.ensemble["gate"], plan.ensemble["weighting"]
     if length_unit not in ("chars", "tokens"):
         raise InvalidConfigError(f"length unit must be chars or tokens, got {length_unit!r}")
     if split not in ("validation", "test"):
@@ -260,11 +273,11 @@ def run_selection(
     items = t.items(limit=limit, seed=seed, validation=use_val)
     if not items:  # a "selection" from N=0 would pick every candidate on no evidence
         raise InvalidInputError(f"task {t.name}: no {split_used} items to select on (its data is empty)")
-    members = []
+    members: list[Any] = []
     bar = make_progress(progress)
     try:
-        for spec in candidates:
-            members.append(load_member(spec, **(member_options or {})))
+        loaded = plan.load_members()
+        members = loaded.members
         by_name = {m.name: m for m in members}
         if len(by_name) != len(members):
             raise InvalidConfigError(f"candidates must be different models, got {[m.name for m in members]}")
@@ -286,7 +299,9 @@ def run_selection(
         lead = chosen[0].name  # the paper's primary-model mode: the output follows the primary's tokens
 
         def ens(ms: Sequence[Any], **kw: Any) -> Any:
-            return ensemble_system(ms, method, k=kw.pop("k", k), primary=lead, **kw)
+            kw.setdefault("gate", gate)
+            kw.setdefault("weighting", weighting)
+            return ensemble_system(ms, method, k=kw.pop("k", k), primary=lead, parallel=loaded.parallel, **kw)
 
         verify_rows: dict[str, Any] = {}
         if verify:
@@ -388,14 +403,19 @@ def run_selection(
     else:
         selected = list(selection.selected)
     primary_name = selection.primary.name
-    config = EnsembleConfig(
-        members=[spec_of[d.name] for d in selected],
+    picked = [spec_of[d.name] for d in selected]
+    names = [d.name for d in selected]
+    settings = base.model_dump(include={"member_options", "chat", "parallel", "ray_address", "gate", "weighting"})
+    if tune_gate and len(selection.selected) > 1:  # what the tuning chose replaces the config's own
+        settings.update(gate=(robust or {}).get("gate"), weighting=(robust or {}).get("weighting") or [])
+    written = EnsembleConfig(
+        **settings,
+        chat_templates={key: v for key, v in base.chat_templates.items() if key in picked or key in names},
+        members=picked,
         weights=weights if len(chosen) > 1 else None,
         k=best_k,
         method=method,
         primary=primary_name if len(chosen) > 1 else None,
-        gate=(robust or {}).get("gate"),
-        weighting=(robust or {}).get("weighting") or [],
         generation={"max_new_tokens": t.max_new_tokens, "stop": t.stop},
         notes={
             "made_by": "unite select (Determine-Then-Ensemble)",
@@ -411,7 +431,7 @@ def run_selection(
             **({"tuning": {k2: _no_trials(v) for k2, v in tuning.items() if k2 != "trials"}} if tuning else {}),
         },
     )
-    return SelectionReport(t.name, split_used, selection, config, verify_rows, tuning)
+    return SelectionReport(t.name, split_used, selection, written, verify_rows, tuning)
 
 
 def best_g_setting(trial: dict[str, Any]) -> dict[str, Any]:

@@ -70,7 +70,8 @@ def validation_problems(err: Any) -> str:
     for e in err.errors():
         loc = ".".join(str(x) for x in e.get("loc", ())) or "(the document)"
         got = "" if e.get("type") == "missing" else f" (got {_short(e.get('input'))})"
-        parts.append(f"{loc}: {e.get('msg', 'invalid')}{got}")
+        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}{got}")
     return "; ".join(parts)
 
 

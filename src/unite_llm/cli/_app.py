@@ -101,7 +101,7 @@ def parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
     return out
 
 
-def build_ensemble(
+def plan_from_flags(
     models: list[str] | None,
     config: str | None,
     *,
@@ -117,44 +117,33 @@ def build_ensemble(
     n_seq: int | None = None,
     gate: str | None = None,
     weighting: str | None = None,
+    prefix_cache: bool | None = None,
 ) -> Any:
-    """The ensemble named by ``-m`` flags or ``--config`` (flags win), else the default pair
-    with its robust settings (:meth:`EnsembleConfig.default`)."""
-    from ..config import EnsembleConfig
-    from ..engine import Ensemble
+    """The :class:`~unite_llm.builder.EnsemblePlan` of the command-line flags (their text parsed
+    here; the rules, which config and which weights, are :func:`unite_llm.builder.plan_ensemble`'s).
+    Nothing is loaded: every model-free check has run when it returns."""
+    from ..builder import plan_ensemble
 
-    if config:
-        cfg = EnsembleConfig.read(config)
-    else:
-        cfg = EnsembleConfig(members=list(models)) if models else EnsembleConfig.default()
-    kwargs = cfg.ensemble_kwargs()
-    if models:
-        kwargs["specs"] = list(models)
-        if config and len(models) != len(cfg.members):
-            kwargs["weights"] = None  # the file's weights belong to the file's members
-    overrides = {
-        "k": k,
-        "weights": parse_floats(weights, "--weights"),
-        "method": method,
-        "primary": primary,
-        "n_ctx": n_ctx,
-        "n_threads": threads,
-        "parallel": parallel,
-        "ray_address": ray_address,
-        "chat_templates": parse_pairs(chat_templates, "--chat-template") or None,
-        "n_seq": n_seq,
-        "gate": parse_gate(gate),
-        "weighting": parse_weighting(weighting),
-    }
-    kwargs.update({key: v for key, v in overrides.items() if v is not None})
-    for key in ("gate", "weighting"):  # 'off' clears what the config or the default set
-        if kwargs.get(key) is False:
-            kwargs[key] = None
-    from ..methods import make_method
+    return plan_ensemble(
+        config,
+        members=list(models) if models else None,
+        chat_templates=parse_pairs(chat_templates, "--chat-template") or None,
+        k=k,
+        weights=parse_floats(weights, "--weights"),
+        method=method,
+        primary=primary,
+        n_ctx=n_ctx,
+        n_threads=threads,
+        parallel=parallel,
+        ray_address=ray_address,
+        n_seq=n_seq,
+        gate=parse_gate(gate),
+        weighting=parse_weighting(weighting),
+        prefix_cache=prefix_cache,
+    )
 
-    make_method(kwargs["method"], k=kwargs["k"])  # fail on bad settings before loading models
-    if kwargs.get("weights") is not None and len(kwargs["weights"]) != len(kwargs["specs"]):
-        from ..errors import InvalidConfigError
 
-        raise InvalidConfigError(f"{len(kwargs['weights'])} weights given for {len(kwargs['specs'])} members")
-    return Ensemble.load(**kwargs), cfg
+def build_ensemble(models: list[str] | None, config: str | None, **flags: Any) -> Any:
+    """``(ensemble, plan)`` for the ``-m``/``--config`` flags and the others (:func:`plan_from_flags`)."""
+    plan = plan_from_flags(models, config, **flags)
+    return plan.build(), plan

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._app import app, parse_floats, parse_gate, parse_weighting, user_errors
+from ._app import app, plan_from_flags, user_errors
 from .generate import ConfigOpt, GateOpt, ModelOpt, WeightingOpt
 
 
@@ -93,42 +93,44 @@ def eval_cmd(
     # that spinning starves everyone (measured here: 16x slower prefill).  Must be set
     # before llama.cpp is loaded.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from ..config import EnsembleConfig
     from ..errors import InvalidConfigError
     from ..eval import RESULT_TASKS, Task, build_systems, command_line, evaluate_systems
-    from ..members import load_member, split_spec
     from ..methods import make_method
 
     tasks = [t for name in task for t in (RESULT_TASKS if name == "paper" else (name,))]
     loaded = [Task.load(t, setting=setting, datasets_dir=datasets) for t in tasks]  # bad task names fail before loading models
-    if config:
-        cfg = EnsembleConfig.read(config)
-    else:
-        cfg = EnsembleConfig(members=list(model)) if model else EnsembleConfig.default()
-    gate_val, weighting_val = parse_gate(gate), parse_weighting(weighting)
-    gate_val = cfg.gate if gate_val is None else (gate_val or None)
-    weighting_val = cfg.weighting if weighting_val is None else (weighting_val or None)
-    specs = list(model) if model else cfg.members
-    methods = list(method) if method else ["single", cfg.method]
-    k_val = k if k is not None else cfg.k
-    w = parse_floats(weights, "--weights") if weights else (cfg.weights if not model or len(model) == len(cfg.members) else None)
-    for m in methods:
-        if m != "single":
-            make_method(m, k=k_val)
-    opts = dict(cfg.member_options)
-    if n_ctx is not None:  # 0: the trained context, as for generate
-        opts["n_ctx"] = n_ctx
-    if threads:
-        opts["n_threads"] = threads
     if batch_size < 1:
         raise InvalidConfigError(f"--batch-size must be >= 1, got {batch_size}")
-    members = []
+    # The ensemble's settings as generate and serve read them (unite_llm.builder); the members
+    # load once, shared by the single-member systems and the ensembles.
+    plan = plan_from_flags(
+        model,
+        config,
+        k=k,
+        weights=weights,
+        primary=primary,
+        n_ctx=n_ctx,  # 0: the trained context, as for generate
+        threads=threads or None,
+        n_seq=batch_size if batch_size > 1 else None,
+        gate=gate,
+        weighting=weighting,
+    )
+    settings = plan.ensemble
+    methods = list(method) if method else ["single", settings["method"]]
+    for m in methods:
+        if m != "single":
+            make_method(m, k=settings["k"])
+    members = plan.load_members()
     try:
-        for spec in specs:
-            seqs = {"n_seq": batch_size} if batch_size > 1 and split_spec(spec)[0] == "gguf" else {}
-            members.append(load_member(spec, **opts, **seqs))
         systems = build_systems(
-            members, methods, k=k_val, weights=w, primary=primary or cfg.primary, gate=gate_val, weighting=weighting_val
+            members.members,
+            methods,
+            k=settings["k"],
+            weights=settings["weights"],
+            primary=settings["primary"],
+            gate=settings["gate"],
+            weighting=settings["weighting"],
+            parallel=members.parallel,
         )
         summary = evaluate_systems(
             loaded,
@@ -147,8 +149,7 @@ def eval_cmd(
             command=command_line(),
         )
     finally:
-        for member in members:
-            member.close()
+        members.close()
     for name, entry in summary["tasks"].items():
         for label, row in entry["systems"].items():
             lo, hi = row["ci95"]

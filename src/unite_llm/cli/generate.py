@@ -10,7 +10,7 @@ import typer
 
 from ..errors import InvalidInputError
 from ..prompts import as_utf8
-from ._app import app, build_ensemble, setup_logging, user_errors
+from ._app import app, plan_from_flags, setup_logging, user_errors
 
 ModelOpt = Annotated[
     Optional[list[str]], typer.Option("-m", "--model", help="Member: .gguf path, alias or prefix:spec. Repeat for each member.")
@@ -58,15 +58,20 @@ def generate(
     primary: Annotated[Optional[str], typer.Option(help="Primary member: output follows its tokens.")] = None,
     gate: GateOpt = None,
     weighting: WeightingOpt = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n")] = 128,
-    temperature: float = 0.0,
-    top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
+    max_new_tokens: Annotated[
+        Optional[int], typer.Option("--max-new-tokens", "-n", help="Ensemble steps (default: the config's, else 128).")
+    ] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="0: greedy (default: the config's, else 0).")] = None,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus (default: the config's, else 1).")] = None,
     seed: Optional[int] = None,
-    stop: Annotated[Optional[list[str]], typer.Option(help="Stop string (repeatable); not included in the output.")] = None,
+    stop: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Stop string (repeatable); not included in the output. Default: the config's generation block."),
+    ] = None,
     chat: Annotated[bool, typer.Option(help="Render the prompt with each member's own chat template.")] = False,
     chat_template: ChatTemplateOpt = None,
     system: Annotated[Optional[str], typer.Option(help="System message (chat mode).")] = None,
-    ignore_eos: Annotated[bool, typer.Option("--ignore-eos")] = False,
+    ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Decode past END (default: the config's).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (text, finish_reason, steps, timing).")] = False,
     explain: Annotated[bool, typer.Option(help="With --json: every step's full union and each member's probabilities.")] = False,
     n_ctx: Annotated[Optional[int], typer.Option("--n-ctx", help="Context window per member.")] = None,
@@ -80,21 +85,11 @@ def generate(
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log every step to stderr.")] = False,
 ) -> None:
     """Generate text with an ensemble (default: Qwen2.5-Coder-1.5B-Instruct + Gemma-3-270M)."""
-    from ..sampling import GenerationConfig
-
     setup_logging(verbose)
     if explain and not as_json:
         raise InvalidInputError("--explain needs --json (it adds every step's union to the JSON output)")
     text = read_prompt(prompt)
-    gen = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-        stop=tuple(stop or ()),
-        ignore_eos=ignore_eos,
-    )
-    ens, cfg = build_ensemble(
+    plan = plan_from_flags(
         model,
         config,
         k=k,
@@ -109,9 +104,19 @@ def generate(
         gate=gate,
         weighting=weighting,
     )
-    chat = chat or cfg.chat
+    # The config's generation block gives the defaults; the flags given override it.
+    gen = plan.config.generation_config(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        stop=tuple(stop) if stop else None,
+        ignore_eos=True if ignore_eos else None,
+    )
+    chat = chat or plan.chat
     if system and not chat:
         raise InvalidInputError("--system needs --chat")
+    ens = plan.build()
     prompt_in = (
         ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}] if chat else text
     )

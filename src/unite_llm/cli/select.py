@@ -165,8 +165,16 @@ def select_cmd(
             help="Choose the primary alone or a gate and primary floor on half the items; report it on the other half.",
         ),
     ] = False,
-    k: Annotated[int, typer.Option("--k")] = 10,
-    method: str = "unite",
+    k: Annotated[Optional[int], typer.Option("--k", help="Top-k per member (default: the config's, else 10).")] = None,
+    method: Annotated[Optional[str], typer.Option(help="Ensemble method (default: the config's, else unite).")] = None,
+    config: Annotated[
+        Optional[str],
+        typer.Option(
+            "--config",
+            help="Ensemble config whose settings (member options, chat templates, gate, weighting) the candidates "
+            "load and ensemble with, and the written config keeps; its members are replaced by the candidates.",
+        ),
+    ] = None,
     setting: Annotated[str, typer.Option(help="Task variant: paper or small.")] = "paper",
     split: Annotated[str, typer.Option(help="validation (default; test if the task has none) or test.")] = "validation",
     out: Annotated[str, typer.Option(help="Folder for per-item results (cached: re-runs reuse them).")] = "runs/select",
@@ -183,10 +191,8 @@ def select_cmd(
 
     from ..config import EnsembleConfig
     from ..eval.runner import check_out_dir
-    from ..methods import make_method
     from ..select import run_selection
 
-    make_method(method, k=k)
     if write:  # found only after the whole evaluation ran, before
         EnsembleConfig.check_writable(write)
     if report:
@@ -211,6 +217,7 @@ def select_cmd(
         datasets_dir=datasets,
         progress=progress,
         member_options={"n_threads": threads} if threads else None,
+        config=config,
     )
     import sys
 

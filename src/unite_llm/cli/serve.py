@@ -6,8 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..defaults import DEFAULT_MAX_BATCH, DEFAULT_MAX_TOKENS
 from ..errors import InvalidConfigError
-from ._app import app, build_ensemble, setup_logging, user_errors
+from ._app import app, plan_from_flags, setup_logging, user_errors
 from .generate import ChatTemplateOpt, ConfigOpt, GateOpt, ModelOpt, WeightingOpt
 
 
@@ -55,10 +56,14 @@ def serve(
             help="Requests decoded together (continuous batching; llama.cpp members keep that many sequences). "
             "1: one at a time, each answer exactly what `unite generate` gives.",
         ),
-    ] = 8,
+    ] = DEFAULT_MAX_BATCH,
     default_max_tokens: Annotated[
-        int, typer.Option("--default-max-tokens", help="Completion length when a request sets no max_tokens (chat).")
-    ] = 512,
+        Optional[int],
+        typer.Option(
+            "--default-max-tokens",
+            help="Completion length when a request sets no max_tokens (chat). Default: the config's max_new_tokens, else 512.",
+        ),
+    ] = None,
     max_request_bytes: Annotated[
         Optional[int],
         typer.Option("--max-request-bytes", help="Largest request body accepted (default 2 MiB); larger ones get HTTP 413."),
@@ -85,11 +90,11 @@ def serve(
         raise InvalidConfigError(f"--max-batch must be >= 1, got {max_batch}")
     if max_request_bytes is not None and max_request_bytes < 1:
         raise InvalidConfigError(f"--max-request-bytes must be >= 1, got {max_request_bytes}")
-    if default_max_tokens < 0:  # it started, then failed every chat request
+    if default_max_tokens is not None and default_max_tokens < 0:  # it started, then failed every chat request
         raise InvalidConfigError(f"--default-max-tokens must be >= 0, got {default_max_tokens}")
     check_bind(host, port)  # before the models load, and before "serving on ..." is printed
     setup_logging(verbose)
-    ens, _cfg = build_ensemble(
+    plan = plan_from_flags(
         model,
         config,
         k=k,
@@ -102,8 +107,14 @@ def serve(
         n_seq=max_batch if max_batch > 1 else None,
         gate=gate,
         weighting=weighting,
+        prefix_cache=prefix_cache,
     )
-    ens.prefix_cache = prefix_cache
+    # The config's generation block: defaults for what a request leaves unset.
+    defaults = dict(plan.config.generation)
+    config_max = defaults.pop("max_new_tokens", None)
+    if default_max_tokens is None:
+        default_max_tokens = DEFAULT_MAX_TOKENS if config_max is None else config_max
+    ens = plan.build()
     api = create_app(
         ens,
         model_name,
@@ -112,6 +123,7 @@ def serve(
         close_ensemble=True,
         max_batch=max_batch,
         max_request_bytes=DEFAULT_MAX_REQUEST_BYTES if max_request_bytes is None else max_request_bytes,
+        generation_defaults=defaults,
     )
     typer.echo(f"serving {api.state.model_name} on http://{host}:{port}  (playground: http://{host}:{port}/)", err=True)
     uvicorn.run(api, host=host, port=port, log_level="info" if verbose else "warning")

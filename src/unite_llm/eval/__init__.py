@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidConfigError, InvalidInputError
-from ..members import Member, load_member
 from .report import write_reports
 from .runner import SINGLE, System, build_systems, check_on_error, check_out_dir, read_results, run_task, summarize
 from .scoring import paired_difference, wilson_interval
@@ -157,16 +156,17 @@ def evaluate(
     member_options: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Load ``models`` once, evaluate each alone and every ensemble method on ``tasks``."""
-    members: list[Member] = []
+    """Load ``models`` once, evaluate each alone and every ensemble method on ``tasks``
+    (members loaded as ``unite eval`` loads them: :mod:`unite_llm.builder`)."""
+    from ..builder import plan_ensemble
+
+    plan = plan_ensemble(members=list(models), k=k, weights=weights, primary=primary, **(member_options or {}))
+    loaded = plan.load_members()
     try:
-        for spec in models:
-            members.append(load_member(spec, **(member_options or {})))
-        systems = build_systems(members, methods, k=k, weights=weights, primary=primary)
+        systems = build_systems(loaded.members, methods, k=k, weights=weights, primary=primary, parallel=loaded.parallel)
         return evaluate_systems(tasks, systems, **kwargs)
     finally:
-        for m in members:
-            m.close()
+        loaded.close()
 
 
 def command_line() -> str:

@@ -108,8 +108,14 @@ def ensemble_system(
     label: str | None = None,
     gate: Any = None,
     weighting: Any = None,
+    parallel: bool | None = None,
 ) -> System:
-    ens = Ensemble(list(members), weights=weights, k=k, method=method, primary=primary, gate=gate, weighting=weighting)
+    """The ensemble of ``members`` (loaded once, shared between systems: see
+    :meth:`unite_llm.builder.EnsemblePlan.load_members`); ``parallel`` is the thread plan's
+    decision (default: threads when there are several members)."""
+    ens = Ensemble(
+        list(members), weights=weights, k=k, method=method, primary=primary, gate=gate, weighting=weighting, parallel=parallel
+    )
     settings: dict[str, Any] = {
         "members": [member_identity(m) for m in members],
         "method": method,
@@ -145,8 +151,10 @@ def build_systems(
     primary: str | None = None,
     gate: Any = None,
     weighting: Any = None,
+    parallel: bool | None = None,
 ) -> list[System]:
-    """``single`` -> one system per member; any other method -> the ensemble of all members."""
+    """``single`` -> one system per member; any other method -> the ensemble of all members
+    (``parallel``: the thread plan's decision, :class:`~unite_llm.loading.LoadedMembers`)."""
     from ..methods import METHODS
 
     systems: list[System] = []
@@ -157,7 +165,9 @@ def build_systems(
             if len(members) < 2:
                 raise InvalidConfigError(f"method {method!r} needs at least two members")
             systems.append(
-                ensemble_system(members, method, k=k, weights=weights, primary=primary, gate=gate, weighting=weighting)
+                ensemble_system(
+                    members, method, k=k, weights=weights, primary=primary, gate=gate, weighting=weighting, parallel=parallel
+                )
             )
         else:
             known = ", ".join([SINGLE, *sorted(METHODS)])

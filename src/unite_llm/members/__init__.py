@@ -18,7 +18,21 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from ..errors import InvalidConfigError, ModelNotFoundError
-from .base import BatchMember, Member, batch_rows, common_prefix, forward_rows, log_softmax, supports_batch
+from .base import (
+    HOOKS,
+    BatchMember,
+    Member,
+    MemberBase,
+    abilities,
+    batch_rows,
+    can,
+    check_abilities,
+    check_context,
+    common_prefix,
+    forward_rows,
+    log_softmax,
+    supports_batch,
+)
 
 Loader = Callable[..., Member]
 
@@ -61,7 +75,13 @@ def load_member(spec: str, **options: Any) -> Member:
     options.setdefault("name", None)
     loader = _import(loaders[prefix])
     _check_options(loader, spec, options)
-    return loader(rest, **options)
+    member = loader(rest, **options)
+    try:
+        check_abilities(member)  # a declared hook it lacks fails here, not mid-generation
+    except BaseException:
+        member.close()
+        raise
+    return member
 
 
 def _check_options(loader: Loader, spec: str, options: dict[str, Any]) -> None:
@@ -81,9 +101,15 @@ def _check_options(loader: Loader, spec: str, options: dict[str, Any]) -> None:
 
 
 __all__ = [
+    "HOOKS",
     "BatchMember",
     "Member",
+    "MemberBase",
+    "abilities",
     "batch_rows",
+    "can",
+    "check_abilities",
+    "check_context",
     "common_prefix",
     "forward_rows",
     "load_member",

@@ -17,8 +17,21 @@ from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
+from ..errors import ContextLengthError
 from ..scores import Scores
 from ..vocab import ByteVocab
+
+HOOKS = ("reset", "start_sequence", "score", "next_logits_batch", "token_embeddings")
+"""The optional methods a member may have; it declares which in ``abilities`` (:class:`MemberBase`).
+
+* ``reset()`` forgets the KV cache (:func:`reset_cache`);
+* ``start_sequence()`` marks the start of a generation (:func:`start_sequence`);
+* ``score(tokens, start, top=0)`` scores a whole sequence in one pass (:func:`token_logprobs`);
+* ``next_logits_batch(contexts, rows)`` scores many rows in one pass (:class:`BatchMember`);
+* ``token_embeddings()`` gives the input embedding matrix (DeePEn).
+
+Two declared values go with them: ``max_rows`` (rows per batched call; None: unbounded) and
+``cheap_joins`` (a row joins a running batch without the others being re-evaluated)."""
 
 
 @runtime_checkable
@@ -69,6 +82,66 @@ class Member(Protocol):
         ...
 
 
+class MemberBase:
+    """What a member class declares besides the :class:`Member` protocol: its ``abilities``
+    (the optional :data:`HOOKS` it implements), ``max_rows`` and ``cheap_joins``.
+
+    The builtin members subclass it; a member written to the protocol alone works too (its
+    hooks are then found once, when it is loaded: :func:`abilities`).  A wrapper that forwards
+    to another member (:class:`~unite_llm.members.styled.StyledMember`) declares per instance
+    what the member it wraps can do.
+    """
+
+    abilities: frozenset[str] = frozenset()
+    max_rows: int | None = None
+    """Rows :meth:`next_logits_batch` takes at once (None: unbounded; 1: batches go row by row)."""
+    cheap_joins: bool = False
+
+
+def abilities(member: Any) -> frozenset[str]:
+    """The optional hooks ``member`` has: what it declares (:class:`MemberBase`), or, for a member
+    that declares nothing, the :data:`HOOKS` it has, found once and recorded on it."""
+    declared = getattr(member, "abilities", None)
+    if declared is None:
+        declared = frozenset(h for h in HOOKS if callable(getattr(member, h, None)))
+        try:
+            member.abilities = declared
+        except AttributeError:  # a class that cannot take attributes: found again next time
+            pass
+    return frozenset(declared)
+
+
+def check_abilities(member: Any) -> frozenset[str]:
+    """At load: every declared ability is a known hook the member implements (a ``TypeError``
+    naming the member otherwise, before anything calls it); returns them."""
+    declared = abilities(member)
+    unknown = sorted(declared - set(HOOKS))
+    missing = sorted(h for h in declared & set(HOOKS) if not callable(getattr(member, h, None)))
+    name = getattr(member, "name", type(member).__name__)
+    if unknown:
+        raise TypeError(f"member {name} declares unknown abilities {unknown} (known: {', '.join(HOOKS)})")
+    if missing:
+        raise TypeError(f"member {name} declares {missing} but has no such method")
+    return declared
+
+
+def can(member: Any, ability: str) -> bool:
+    """Whether ``member`` declares ``ability`` (one of :data:`HOOKS`)."""
+    return ability in abilities(member)
+
+
+def joins_cheaply(member: Any) -> bool:
+    """Whether a row can join ``member``'s running batch without the others being re-evaluated."""
+    return bool(getattr(member, "cheap_joins", False))
+
+
+def check_context(member: Any, n_tokens: int) -> None:
+    """The one context-length check: a :class:`~unite_llm.errors.ContextLengthError` when
+    ``n_tokens`` do not fit ``member``'s window."""
+    if n_tokens > member.n_ctx:
+        raise ContextLengthError(f"{member.name}: {n_tokens} tokens do not fit its context window of {member.n_ctx}")
+
+
 def reset_cache(member: Member) -> None:
     """Forget a member's KV cache, where the backend can (optional ``reset()`` method).
 
@@ -77,9 +150,8 @@ def reset_cache(member: Member) -> None:
     from a cold evaluation and flip a greedy near-tie.  Without prefix caching every
     generation is a function of its prompt alone.
     """
-    reset = getattr(member, "reset", None)
-    if reset is not None:
-        reset()
+    if can(member, "reset"):
+        cast(Any, member).reset()
 
 
 def start_sequence(member: Member) -> None:
@@ -92,9 +164,8 @@ def start_sequence(member: Member) -> None:
     the generation are decode steps that may reuse everything.  Only the caller knows where
     a generation starts: a new prompt can look exactly like a continuation of the last one.
     """
-    start = getattr(member, "start_sequence", None)
-    if start is not None:
-        start()
+    if can(member, "start_sequence"):
+        cast(Any, member).start_sequence()
 
 
 @runtime_checkable
@@ -120,7 +191,7 @@ class BatchMember(Member, Protocol):
 
 def supports_batch(member: Member) -> bool:
     """Whether ``member`` scores a batch in one pass (see :class:`BatchMember`)."""
-    return callable(getattr(member, "next_logits_batch", None)) and batch_rows(member) > 1
+    return can(member, "next_logits_batch") and batch_rows(member) > 1
 
 
 def batch_rows(member: Member) -> int:
@@ -169,9 +240,8 @@ def token_logprobs(member: Member, tokens: Sequence[int], start: int = 1) -> np.
     (:class:`~unite_llm.members.llama_cpp.LlamaCppMember` does); any other member falls
     back to ``next_logits`` one position at a time, which is correct but slower.
     """
-    scorer = getattr(member, "score", None)
-    if scorer is not None:
-        return np.asarray(scorer(tokens, start), dtype=np.float64)
+    if can(member, "score"):
+        return np.asarray(cast(Any, member).score(tokens, start), dtype=np.float64)
     out = np.empty(len(tokens) - start, dtype=np.float64)
     for target in range(start, len(tokens)):
         out[target - start] = log_softmax(np.asarray(member.next_logits(tokens[:target])))[tokens[target]]
@@ -186,9 +256,8 @@ def token_top_logprobs(member: Member, tokens: Sequence[int], start: int, top: i
     A member's ``score(tokens, start, top=n)`` does it in its one pass; others go position by
     position through ``next_logits``.
     """
-    scorer = getattr(member, "score", None)
-    if scorer is not None:
-        lps, ids, tlps = scorer(tokens, start, top=top)
+    if can(member, "score"):
+        lps, ids, tlps = cast(Any, member).score(tokens, start, top=top)
         return np.asarray(lps, dtype=np.float64), np.asarray(ids), np.asarray(tlps, dtype=np.float64)
     n = len(tokens) - start
     lps, ids, tlps = np.empty(n), np.zeros((n, top), dtype=np.int64), np.full((n, top), -np.inf)

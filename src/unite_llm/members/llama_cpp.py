@@ -48,10 +48,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import ContextLengthError, InvalidConfigError, ModelFileError
+from ..errors import InvalidConfigError, ModelFileError
 from ..models import resolve_gguf
 from ..vocab import ByteVocab
-from .base import common_prefix
+from .base import MemberBase, check_context, common_prefix
 
 if TYPE_CHECKING:
     import llama_cpp
@@ -170,12 +170,13 @@ def open_llama(path: Path, **params: Any) -> llama_cpp.Llama:
         ) from None
 
 
-class LlamaCppMember:
+class LlamaCppMember(MemberBase):
     """An ensemble member backed by ``llama_cpp.Llama``.
 
     ``spec`` is a path to a ``.gguf`` file or an alias from :mod:`unite_llm.models`.
     """
 
+    abilities = frozenset({"reset", "start_sequence", "score", "next_logits_batch", "token_embeddings"})
     cheap_joins = True
     """A row joins a running batch on a sequence of its own: the other rows are not re-evaluated."""
 
@@ -232,7 +233,7 @@ class LlamaCppMember:
         self._scored_tokens: list[int] = []  # the last sequence score() saw, and its
         self._scored = np.zeros(0)  # per-position log-probabilities (NaN where not asked)
         self._n_vocab = n_vocab
-        self.max_rows = n_seq
+        self.max_rows: int = n_seq
         """Rows :meth:`next_logits_batch` takes at once (1: batches decode row by row)."""
         self._seqs: _Sequences | None = None
         self._closed = False
@@ -269,8 +270,7 @@ class LlamaCppMember:
         import llama_cpp
 
         self._check_open()
-        if len(context) > self.n_ctx:
-            raise ContextLengthError(f"{self.name}: {len(context)} tokens do not fit its context window of {self.n_ctx}")
+        check_context(self, len(context))
         if not context:
             raise ValueError("next_logits needs at least one token (BOS or text)")
         n = len(context)
@@ -310,8 +310,7 @@ class LlamaCppMember:
         for ctx in contexts:
             if not ctx:
                 raise ValueError("next_logits_batch needs at least one token (BOS or text) per row")
-            if len(ctx) > self.n_ctx:
-                raise ContextLengthError(f"{self.name}: {len(ctx)} tokens do not fit its context window of {self.n_ctx}")
+            check_context(self, len(ctx))
         if self._seqs is None:
             self._seqs = _Sequences(self.llm, self.max_rows, self.n_ctx)
         out, n = self._seqs.decode(rows, contexts, self._n_vocab)
@@ -367,8 +366,7 @@ class LlamaCppMember:
         tokens = list(tokens)
         if not 1 <= start <= len(tokens):
             raise ValueError(f"start must be in [1, {len(tokens)}], got {start}")
-        if len(tokens) > self.n_ctx:
-            raise ContextLengthError(f"{self.name}: {len(tokens)} tokens do not fit its context window of {self.n_ctx}")
+        check_context(self, len(tokens))
         # Log-probabilities scored before stay valid for every position whose preceding
         # tokens are unchanged (an evaluation's prompts share their few-shot block), so
         # scoring resumes at the first unknown target, from the logits of the position

@@ -41,16 +41,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import ContextLengthError, InvalidConfigError, ModelNotFoundError
-from ..methods.base import candidate_text
+from ..candidates import candidate_text
+from ..errors import InvalidConfigError, ModelNotFoundError
 from ..vocab import ByteVocab
-from .base import common_prefix
+from .base import MemberBase, check_context, common_prefix
 from .remote import RemoteLogits, WireStats, parse_spec
 
 _TOKEN_ID = re.compile(r"^token_id:(\d+)$")  # vLLM's return_tokens_as_token_ids
 
 
-class OpenAIMember:
+class OpenAIMember(MemberBase):
     """A member served by an OpenAI-compatible completions endpoint (module docstring)."""
 
     def __init__(
@@ -169,8 +169,7 @@ class OpenAIMember:
         return ids[0] if ids else None
 
     def next_logits(self, context: Sequence[int]) -> RemoteLogits:
-        if len(context) > self.n_ctx:
-            raise ContextLengthError(f"{self.name}: {len(context)} tokens do not fit its context window of {self.n_ctx}")
+        check_context(self, len(context))
         context = list(context)
         prompt_bytes = self._text_of(context)
         prompt = prompt_bytes.decode("utf-8", errors="replace")

@@ -39,7 +39,7 @@ import numpy as np
 from ..errors import InvalidConfigError, UniteError
 from ..scores import top_k_ids
 from ..vocab import ByteVocab
-from .base import common_prefix
+from .base import MemberBase, check_context, common_prefix
 from .remote import RemoteLogits, WireStats, parse_spec
 
 log = logging.getLogger("unite_llm.ray")
@@ -205,8 +205,10 @@ def _strategy(node: str | None) -> Any:
     raise InvalidConfigError(f"no live Ray node {node!r} (nodes: {known})")
 
 
-class RayMember:
+class RayMember(MemberBase):
     """A member whose model runs in a Ray actor (see the module docstring)."""
+
+    abilities = frozenset({"reset", "start_sequence"})
 
     def __init__(
         self,
@@ -301,10 +303,7 @@ class RayMember:
         self._sent = []
 
     def next_logits(self, context: Sequence[int]) -> RemoteLogits:
-        from ..errors import ContextLengthError
-
-        if len(context) > self.n_ctx:
-            raise ContextLengthError(f"{self.name}: {len(context)} tokens do not fit its context window of {self.n_ctx}")
+        check_context(self, len(context))
         context = list(context)
         keep = common_prefix(self._sent, context)
         k, ignore_eos = self._want

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 import numpy as np
 import numpy.typing as npt
 
-from ..methods.base import END, candidate_text
+from ..candidates import END, candidate_text
 from ..vocab import ByteVocab
 
 TopFetch = Callable[[int, bool], tuple[Sequence[int], Sequence[float]]]

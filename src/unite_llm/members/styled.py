@@ -15,18 +15,25 @@ accuracy is far below the best.
   still reuses the shared prefix between calls.
 
 Options join with ``,`` (``styled:verbose,temperature=0.5:MODEL``).
+
+The styled member forwards every ability of the member it wraps (:data:`~unite_llm.members.base.HOOKS`):
+``reset`` and ``start_sequence`` (its prefix cache), ``next_logits_batch`` with ``max_rows`` and
+``cheap_joins`` (batching: the style applied to every row), ``token_embeddings`` (the same
+vocabulary), and ``score`` (one batched pass over the prefixed sequence) where the style leaves
+the logits as they are (a prefix alone); a temperature or ``verbose`` changes every position's
+distribution, so those are scored position by position through :meth:`StyledMember.next_logits`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from ..errors import InvalidConfigError
 from ..scores import Scores
-from .base import start_sequence
+from .base import MemberBase, abilities, joins_cheaply, reset_cache, start_sequence
 
 SUPPRESSED_LOGIT = -1e4
 """What ``verbose`` sets the newline and end-of-generation logits to: probability ~0."""
@@ -52,8 +59,9 @@ def parse_style(style: str) -> dict[str, Any]:
     return out
 
 
-class StyledMember:
-    """``styled:<options>:<base spec>``: the base member, restyled (see module docstring)."""
+class StyledMember(MemberBase):
+    """``styled:<options>:<base spec>``: the base member, restyled, with its abilities (see the
+    module docstring)."""
 
     def __init__(self, spec: str, *, name: str | None = None, **options: Any) -> None:
         from . import load_member
@@ -79,6 +87,20 @@ class StyledMember:
             if settings["verbose"]
             else None
         )
+        inner = abilities(self.inner)
+        forwarded = {"reset", "start_sequence", "next_logits_batch", "token_embeddings"}
+        if self.restyles:  # a changed distribution: the inner member's own scores would be wrong
+            forwarded.discard("score")
+        else:
+            forwarded.add("score")
+        self.abilities = frozenset(inner & forwarded)
+        self.max_rows = getattr(self.inner, "max_rows", None)
+        self.cheap_joins = joins_cheaply(self.inner)
+
+    @property
+    def restyles(self) -> bool:
+        """Whether the style changes the logits (``verbose`` or a temperature), not only the context."""
+        return self._suppress is not None or self.temperature != 1.0
 
     @property
     def n_evaluated(self) -> int:
@@ -87,19 +109,59 @@ class StyledMember:
     def tokenize(self, text: bytes, *, add_bos: bool = False, special: bool = False) -> list[int]:
         return self.inner.tokenize(text, add_bos=add_bos, special=special)
 
-    def next_logits(self, context: Sequence[int]) -> np.ndarray | Scores:
-        # Unstyled, the inner member's result passes through as it is (a remote inner's Scores too).
+    def _lead(self, ctx: Sequence[int]) -> int:
+        """Where the prefix goes: after a leading BOS (a control token, no bytes), else first."""
+        return 1 if ctx and not self.vocab.pieces[ctx[0]] else 0
+
+    def _prefixed(self, context: Sequence[int]) -> list[int]:
         ctx = list(context)
         if self._prefix:
-            lead = 1 if ctx and not self.vocab.pieces[ctx[0]] else 0  # keep BOS first
+            lead = self._lead(ctx)
             ctx = ctx[:lead] + self._prefix + ctx[lead:]
-        logits = self.inner.next_logits(ctx)
-        if self._suppress is None and self.temperature == 1.0:
+        return ctx
+
+    def _restyle(self, logits: Any) -> Any:
+        """The style on one row's or a ``[rows, vocab]`` batch's logits (numpy, or a torch tensor
+        left on its device); a copy, as the inner buffer belongs to the backend."""
+        if not self.restyles:
             return logits
-        logits = np.array(logits, dtype=np.float32)  # a copy: the inner buffer belongs to llama.cpp
+        if type(logits).__module__.startswith("torch"):
+            out = logits.clone()
+        else:
+            out = np.array(logits, dtype=np.float32)
         if self._suppress is not None:
-            logits[self._suppress] = SUPPRESSED_LOGIT
-        return logits / self.temperature if self.temperature != 1.0 else logits
+            out[..., self._suppress] = SUPPRESSED_LOGIT
+        return out / self.temperature if self.temperature != 1.0 else out
+
+    def next_logits(self, context: Sequence[int]) -> np.ndarray | Scores:
+        # Unstyled, the inner member's result passes through as it is (a remote inner's Scores too).
+        logits = self.inner.next_logits(self._prefixed(context))
+        return cast("np.ndarray | Scores", self._restyle(logits))
+
+    def next_logits_batch(self, contexts: Sequence[Sequence[int]], rows: Sequence[int] | None = None) -> Any:
+        """Every row prefixed, scored by the inner member in one pass, and restyled."""
+        inner = cast(Any, self.inner)
+        return self._restyle(inner.next_logits_batch([self._prefixed(c) for c in contexts], rows))
+
+    def score(self, tokens: Sequence[int], start: int = 1, top: int = 0) -> Any:
+        """The inner member's one-pass scores of the prefixed sequence (declared only where the
+        style leaves the logits as they are); positions from ``start`` on, as for the inner member."""
+        if self.restyles:
+            raise TypeError(f"{self.name}: a restyled member has no one-pass score (its style changes the logits)")
+        tokens = list(tokens)
+        lead = self._lead(tokens)
+        if start < lead:
+            raise ValueError(f"start must be >= {lead} (the BOS stays first), got {start}")
+        inner = cast(Any, self.inner)
+        if top:
+            return inner.score(self._prefixed(tokens), start + len(self._prefix), top=top)
+        return inner.score(self._prefixed(tokens), start + len(self._prefix))
+
+    def token_embeddings(self) -> np.ndarray:
+        return np.asarray(cast(Any, self.inner).token_embeddings())
+
+    def reset(self) -> None:
+        reset_cache(self.inner)
 
     def start_sequence(self) -> None:
         start_sequence(self.inner)

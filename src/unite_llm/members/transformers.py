@@ -29,10 +29,10 @@ from typing import Any, cast
 
 import numpy as np
 
-from ..errors import ContextLengthError, InvalidConfigError, ModelNotFoundError
+from ..errors import InvalidConfigError, ModelNotFoundError
 from ..models import ALIASES, resolve_gguf
 from ..vocab import ByteVocab
-from .base import common_prefix
+from .base import MemberBase, check_context, common_prefix
 
 log = logging.getLogger("unite_llm")
 
@@ -144,7 +144,7 @@ def _check_gguf_supported(path: Path) -> None:
         )
 
 
-class TransformersMember:
+class TransformersMember(MemberBase):
     """An ensemble member backed by a transformers causal LM.
 
     ``device`` places the whole model ("cpu", "cuda:1"); ``device_map`` hands
@@ -152,6 +152,8 @@ class TransformersMember:
     defaults to float32 on CPU and bfloat16 on GPU.  Unknown options (e.g. llama.cpp's
     ``n_gpu_layers`` given to a whole mixed ensemble) are ignored.
     """
+
+    abilities = frozenset({"reset", "next_logits_batch", "token_embeddings"})
 
     def __init__(
         self,
@@ -284,8 +286,7 @@ class TransformersMember:
     def _check(self, context: Sequence[int]) -> None:
         if not context:
             raise ValueError("next_logits needs at least one token (BOS or text)")
-        if len(context) > self.n_ctx:
-            raise ContextLengthError(f"{self.name}: {len(context)} tokens do not fit its context window of {self.n_ctx}")
+        check_context(self, len(context))
 
     def next_logits(self, context: Sequence[int]) -> np.ndarray:
         import torch

@@ -11,45 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from ..candidates import END as END  # re-exported: the step methods name candidates from here
+from ..candidates import Candidate
+from ..candidates import candidate_text as candidate_text
 from ..scores import Scores, as_scores
 from ..vocab import ByteVocab
 
 if TYPE_CHECKING:
     from ..members.base import Member
     from ..sync import TokenTrack
-
-
-class _End:
-    """The shared end-of-sequence candidate (every member's EOG tokens, merged)."""
-
-    _instance: _End | None = None
-
-    def __new__(cls) -> _End:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "END"
-
-    def __reduce__(self) -> str:  # pickles (Ray, multiprocessing) as the same singleton
-        return "END"
-
-
-END: Final = _End()
-Candidate = bytes | _End
-
-
-def candidate_text(candidate: Candidate) -> str:
-    """A printable form of a candidate for logs and JSON (END as ``<END>``)."""
-    if candidate is END:
-        return "<END>"
-    assert isinstance(candidate, bytes)
-    return candidate.decode("utf-8", errors="backslashreplace")
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,12 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from ..errors import InvalidConfigError
+from ..members.base import can
 from ..scores import dense
 from ..vocab import ByteVocab
 from .base import END, Candidate, MemberScores, StepDistribution, StepMethod
@@ -193,10 +194,9 @@ class DeePEn(StepMethod):
             return
         loaders = []
         for m in members:
-            fn = getattr(m, "token_embeddings", None)
-            if fn is None:
+            if not can(m, "token_embeddings"):
                 raise InvalidConfigError(f"deepen needs token embeddings, and member {m.name} cannot provide them")
-            loaders.append(fn)
+            loaders.append(cast(Any, m).token_embeddings)
         self.setup(vocabs, loaders)
 
     def setup(self, vocabs: Sequence[ByteVocab], embeddings: Sequence[Callable[[], np.ndarray]]) -> RelativeSpace:

@@ -37,14 +37,11 @@ from typing import Any
 
 import numpy as np
 
+from ..candidates import candidate_of
 from ..scores import Scores, top_k_ids
 from ..vocab import ByteVocab
 from .base import END, BatchView, Candidate, MemberScores, StepDistribution, StepMethod, logsumexp, softmax
 from .unite_batch import DeviceStep, FirstSubtoken, GatheredLogits
-
-
-def candidate_of(tid: int, vocab: ByteVocab) -> Candidate:
-    return END if tid in vocab.eog_ids else vocab.pieces[tid]
 
 
 def union(top: Sequence[Sequence[Candidate]]) -> list[Candidate]:

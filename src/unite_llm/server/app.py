@@ -18,7 +18,7 @@ gives a 500 with a generic message and the traceback goes to the server log only
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Any
@@ -30,6 +30,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..defaults import DEFAULT_MAX_BATCH, DEFAULT_MAX_TOKENS
 from ..engine import Ensemble
 from ..errors import InvalidConfigError, UniteError
 from .guards import DEFAULT_MAX_REQUEST_BYTES, BodyLimit, HeadAsGet
@@ -88,11 +89,12 @@ def create_app(
     model_name: str | None = None,
     *,
     max_queue: int = 64,
-    default_max_tokens: int = 512,
+    default_max_tokens: int = DEFAULT_MAX_TOKENS,
     runner: Runner | None = None,
-    max_batch: int = 1,
+    max_batch: int = DEFAULT_MAX_BATCH,
     close_ensemble: bool = False,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    generation_defaults: Mapping[str, Any] | None = None,
 ) -> FastAPI:
     """The API for ``ensemble``, served under ``model_name`` (default: the members joined by ``+``).
 
@@ -100,7 +102,9 @@ def create_app(
     ``default_max_tokens`` applies when a request leaves ``max_tokens`` unset (chat) or null.
     ``max_batch > 1`` serves by continuous batching (:class:`BatchRunner`) where the members
     decode several sequences at once (else one request at a time, :class:`SerialRunner`);
-    ``runner`` replaces either.
+    ``runner`` replaces either (the defaults are ``unite serve``'s, :mod:`unite_llm.defaults`).
+    ``generation_defaults`` (a config's ``generation`` block: ``temperature``, ``top_p``,
+    ``seed``, ``stop``, ``ignore_eos``) apply where a request does not set the field.
     ``max_request_bytes`` caps a request body (413 beyond it, before anything is parsed);
     every GET route also answers HEAD.
     """
@@ -111,7 +115,9 @@ def create_app(
         batched = max_batch > 1 and ensemble.max_batch > 1
         runner = BatchRunner(ensemble, max_batch) if batched else SerialRunner(ensemble)
     scheduler = Scheduler(runner, max_queue=max_queue)
-    serving = OpenAIServing(ensemble, scheduler, model_name=name, default_max_tokens=default_max_tokens)
+    serving = OpenAIServing(
+        ensemble, scheduler, model_name=name, default_max_tokens=default_max_tokens, defaults=generation_defaults
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -28,7 +28,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -38,7 +38,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from ..engine import Ensemble, GenerationOutput, StepRecord, StreamChunk
-from ..errors import ContextLengthError, ModelNotFoundError, UniteError, as_utf8
+from ..errors import ContextLengthError, InvalidConfigError, ModelNotFoundError, UniteError, as_utf8
 from ..loglik import PromptLogprobs, context_track, prompt_logprobs, reference_member
 from ..prompts import Prompt, start_track
 from ..sampling import GenerationConfig
@@ -299,14 +299,28 @@ async def collect_all(jobs: list[Job], request: Request) -> list[GenerationOutpu
 class OpenAIServing:
     """The endpoints' work for one ensemble served under ``model_name``.
 
-    ``default_max_tokens`` applies when a request leaves ``max_tokens`` unset (chat) or null.
+    ``default_max_tokens`` applies when a request leaves ``max_tokens`` unset (chat) or null;
+    ``defaults`` (``temperature``, ``top_p``, ``seed``, ``stop``, ``ignore_eos``: a config's
+    generation block) where a request does not send the field.
     """
 
-    def __init__(self, ensemble: Ensemble, scheduler: Scheduler, *, model_name: str, default_max_tokens: int) -> None:
+    def __init__(
+        self,
+        ensemble: Ensemble,
+        scheduler: Scheduler,
+        *,
+        model_name: str,
+        default_max_tokens: int,
+        defaults: Mapping[str, Any] | None = None,
+    ) -> None:
         self.ensemble = ensemble
         self.scheduler = scheduler
         self.model_name = model_name
         self.default_max_tokens = default_max_tokens
+        unknown = set(defaults or {}) - {"temperature", "top_p", "seed", "stop", "ignore_eos"}
+        if unknown:
+            raise InvalidConfigError(f"generation defaults {', '.join(sorted(unknown))}: not request settings")
+        self.defaults = dict(defaults or {})
         self.created = int(time.time())
 
     # -- models and health ---------------------------------------------------------------
@@ -400,14 +414,19 @@ class OpenAIServing:
             raise APIError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
 
     def gen_config(self, req: _Common, max_tokens: int | None) -> GenerationConfig:
+        sent = req.model_fields_set
+
+        def pick(name: str, value: Any) -> Any:  # the request's value where it sent one, else the default
+            return self.defaults[name] if name in self.defaults and name not in sent else value
+
         try:
             return GenerationConfig(
                 max_new_tokens=self.default_max_tokens if max_tokens is None else max_tokens,
-                temperature=req.temperature,
-                top_p=req.top_p,
-                seed=req.seed,
-                stop=req.stop_list(),
-                ignore_eos=req.ignore_eos,
+                temperature=pick("temperature", req.temperature),
+                top_p=pick("top_p", req.top_p),
+                seed=pick("seed", req.seed),
+                stop=pick("stop", req.stop_list()),
+                ignore_eos=pick("ignore_eos", req.ignore_eos),
             )
         except UniteError as err:
             raise APIError(400, str(err), param="stop" if "stop" in str(err) else None) from None
