@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum 
 # question/answer form that suits it (raw completion), not through a chat template.
 export QUESTION ?= What do plants take in from the air to make their food, and what do they give off?
 
-.PHONY: run test bench bench-gpu lint setup clean results baselines members4 lm-eval-results browser
+.PHONY: run test bench bench-gpu lint setup clean results baselines members4 lm-eval-results robust browser
 
 setup: $(STAMP)
 
@@ -103,6 +103,16 @@ lm-eval-results: $(STAMP)
 	  --tasks unite_arc_easy,unite_arc_challenge,unite_piqa,unite_mmlu --include_path results/lm_eval/tasks \
 	  --limit 300 --log_samples --output_path results/lm_eval/lm_eval_out
 	$(BIN)/python bench/lm_eval_table.py results/lm_eval
+
+# The robust default (results/robust): the default ensemble as `unite generate` runs it (its gate)
+# and Qwen alone on the same items, then the paired tables, with the log-likelihood rules recomputed
+# from results/lm_eval (resumable).  bench/bench_robust.py measures its speed.
+ROBUST_EVAL = OMP_WAIT_POLICY=PASSIVE nice -n 10 $(BIN)/unite eval --task lambada --task triviaqa --task nq \
+              --setting small --limit 300 --out results/robust/eval --title "Robust default (gated UniTE) vs its members" --no-progress
+robust: $(STAMP)
+	$(ROBUST_EVAL) -m qwen2.5-coder-1.5b-instruct --method single
+	$(ROBUST_EVAL) --method unite
+	$(BIN)/python bench/robust_tables.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

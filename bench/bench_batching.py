@@ -173,7 +173,7 @@ def eval_part(args: argparse.Namespace) -> dict[str, Any]:
 
 def tv(a: np.ndarray, b: np.ndarray) -> float:
     """Total variation between the next-token distributions of two logit vectors."""
-    from unite_llm.methods.base import softmax
+    from unite_llm.mathops import softmax
 
     return 0.5 * float(np.abs(softmax(a) - softmax(b)).sum())
 

@@ -1,10 +1,11 @@
 """The robust ensemble's evidence: generation runs and log-likelihood tasks, paired with Qwen alone.
 
 Generation (``results/robust/eval``): the default ensemble as ``unite eval`` runs it (the
-gate included), on the same seeded items as the committed runs of Qwen alone and of plain
-UniTE (``results/members4``).  Each row is a paired difference in points against Qwen
-alone, with a 95 % paired bootstrap interval, the fraction of steps on which Gemma was
-consulted, and the mean time per item.
+gate included), on the same seeded items as Qwen alone (run beside it in the same folder, else
+the committed run in ``results/members4``) and plain UniTE (``results/members4``).  Each row
+is a paired difference in points against Qwen alone, with a 95 % paired bootstrap interval,
+the fraction of steps on which Gemma was consulted, the mean time per item, and (where Qwen
+alone was run beside it) the difference against the committed run of Qwen alone too.
 
 Log-likelihood (``results/lm_eval/items``): every member's committed log-likelihood of every
 choice, so each rule is recomputed exactly as ``unite-lm-eval`` applies it
@@ -47,7 +48,13 @@ def generation_rows(runs: Path, baseline: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for task_dir in sorted(p for p in runs.iterdir() if p.is_dir()):
         task = task_dir.name
-        alone_path, plain_path = baseline / task / f"{PRIMARY}.jsonl", baseline / task / f"{PLAIN}.jsonl"
+        # Qwen alone run beside the ensemble (same build, same threads) when there is one, else
+        # the committed baseline run: llama.cpp's sums depend on the thread split, so a few
+        # greedy answers differ between two runs of one model.
+        alone_path = task_dir / f"{PRIMARY}.jsonl"
+        if not alone_path.is_file():
+            alone_path = baseline / task / f"{PRIMARY}.jsonl"
+        plain_path = baseline / task / f"{PLAIN}.jsonl"
         if not alone_path.is_file():
             continue
         alone = _read(alone_path)
@@ -59,6 +66,7 @@ def generation_rows(runs: Path, baseline: Path) -> dict[str, Any]:
                 continue
             row: dict[str, Any] = {
                 "n": len(ids),
+                "qwen_alone_from": str(alone_path.relative_to(ROOT)) if alone_path.is_relative_to(ROOT) else str(alone_path),
                 "qwen_alone": round(100 * float(np.mean([alone[i]["correct"] for i in ids])), 2),
                 "accuracy": round(100 * float(np.mean([runs_[i]["correct"] for i in ids])), 2),
                 "ensembled": round(float(np.mean([runs_[i].get("ensembled", 1.0) for i in ids])), 3),
@@ -71,6 +79,12 @@ def generation_rows(runs: Path, baseline: Path) -> dict[str, Any]:
                 pdiff, pci = paired_difference([plain[i]["correct"] for i in ids], [alone[i]["correct"] for i in ids])
                 row["plain_vs_qwen"] = {"diff": pdiff, "ci95": pci}
                 row["same_as_plain"] = round(float(np.mean([runs_[i]["output"] == plain[i]["output"] for i in ids])), 3)
+            base_path = baseline / task / f"{PRIMARY}.jsonl"
+            if base_path != alone_path and base_path.is_file():
+                base = _read(base_path)
+                both = [i for i in ids if i in base]
+                bdiff, bci = paired_difference([runs_[i]["correct"] for i in both], [base[i]["correct"] for i in both])
+                row["vs_qwen_baseline"] = {"n": len(both), "diff": bdiff, "ci95": bci}
             row["same_as_qwen"] = round(float(np.mean([runs_[i]["output"] == alone[i]["output"] for i in ids])), 3)
             out[f"{task}/{path.stem}"] = row
     return out
@@ -137,14 +151,16 @@ def markdown(summary: dict[str, Any]) -> str:
         "## Generation (default ensemble vs Qwen alone, same items)",
         "",
         "| task / run | N | Qwen alone | default | default − Qwen | plain UniTE − Qwen | steps ensembled "
-        "| same output as Qwen | s/item (default / Qwen) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| same output as Qwen | s/item (default / Qwen) | default − Qwen's committed run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in summary["generation"].items():
         plain = _ci(r["plain_vs_qwen"]) if "plain_vs_qwen" in r else "–"
+        base = _ci(r["vs_qwen_baseline"]) if "vs_qwen_baseline" in r else "–"
         lines.append(
             f"| {name} | {r['n']} | {r['qwen_alone']:.1f} | {r['accuracy']:.1f} | {_ci(r['vs_qwen'])} | {plain} "
-            f"| {100 * r['ensembled']:.0f} % | {100 * r['same_as_qwen']:.0f} % | {r['time_s']:.2f} / {r['qwen_time_s']:.2f} |"
+            f"| {100 * r['ensembled']:.0f} % | {100 * r['same_as_qwen']:.0f} % "
+            f"| {r['time_s']:.2f} / {r['qwen_time_s']:.2f} | {base} |"
         )
     lines += ["", "## Log-likelihood tasks (lm-eval items, Qwen + Gemma, points vs Qwen alone)", ""]
     lines += ["| rule | " + " | ".join(f"{t} acc | {t} acc_norm" for t in summary["loglik"]) + " |"]

@@ -221,6 +221,38 @@ def test_lm_eval_batch_size_in_model_args_and_from_lm_eval():
         lm.close()
 
 
+def test_lm_eval_gate_and_weighting_in_model_args(tmp_path):
+    """``gate=`` and ``weighting=`` as ``--gate``/``--weighting`` read them; ``off`` clears a config's."""
+    from lm_eval.api.registry import get_model
+
+    import unite_llm.lm_eval_model  # noqa: F401  (registers "unite")
+
+    cls = get_model("unite")
+    opts = {"batch_size": 1, "max_batch_size": None, "device": None}
+    lm = cls.create_from_arg_string(
+        f"members={SMOL}+{GEMMA},n_ctx=256,n_threads=1,gate=margin=0.1,weighting=entropy+floor=0.75", opts
+    )
+    try:
+        assert lm.ensemble.gate.signal == "margin" and lm.ensemble.gate.threshold == 0.1
+        assert [type(r).__name__ for r in lm.ensemble.weighting] == ["EntropyWeights", "PrimaryFloor"]
+    finally:
+        lm.close()
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"members": [SMOL, GEMMA], "gate": 0.3, "weighting": ["floor=0.6"]}))
+    lm = cls.create_from_arg_string(f"config={path},n_ctx=256,n_threads=1,gate=off,weighting=off", opts)
+    try:
+        assert lm.ensemble.gate is None and not lm.ensemble.weighting
+    finally:
+        lm.close()
+    lm = cls.create_from_arg_string(f"members={SMOL}+{GEMMA},n_ctx=256,n_threads=1,gate=0.25", opts)
+    try:
+        assert lm.ensemble.gate.threshold == 0.25
+    finally:
+        lm.close()
+    with pytest.raises(InvalidConfigError, match="gate"):
+        cls.create_from_arg_string(f"members={SMOL},gate=loud", opts)
+
+
 @pytest.mark.fast
 def test_serve_applies_the_generation_block_where_a_request_sets_nothing():
     import inspect
@@ -230,7 +262,7 @@ def test_serve_applies_the_generation_block_where_a_request_sets_nothing():
     from unite_llm.defaults import DEFAULT_MAX_BATCH
     from unite_llm.engine import Ensemble
     from unite_llm.server import create_app
-    from unite_llm.server.schemas import CompletionRequest
+    from unite_llm.server.protocol import CompletionRequest
 
     assert inspect.signature(create_app).parameters["max_batch"].default == DEFAULT_MAX_BATCH
     assert inspect.signature(serve).parameters["max_batch"].default == DEFAULT_MAX_BATCH  # one default for both

@@ -178,11 +178,6 @@ def test_unite_lm_eval_user_errors_are_one_error_line(files: Path, argv: list[st
     _lm_eval_case(files, argv, code, needle)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lm_eval_model.main lets lm-eval's ValueError('Tasks not found: ...') through as a traceback "
-    "(lm_eval_model.py is being rewritten for issue 28 items 2 and 10)",
-)
 def test_unite_lm_eval_unknown_task_is_one_error_line(files: Path) -> None:
     _lm_eval_case(files, ["--model", "unite", "--tasks", "nosuch_task"], 2, "nosuch_task")
 

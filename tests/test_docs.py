@@ -34,8 +34,6 @@ pytestmark = pytest.mark.fast
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md"]
-# Pages the README links to that are written on another branch; checked once they exist.
-PENDING = {"docs/robust.md"}
 SHELL = {"bash", "sh", "shell", "console"}
 
 
@@ -135,8 +133,7 @@ def test_relative_links_resolve() -> None:
             if not path.is_relative_to(ROOT):
                 bad.append(f"{where} leaves the repository")
             elif not path.exists():
-                if rel(path) not in PENDING:
-                    bad.append(f"{where}: no such file")
+                bad.append(f"{where}: no such file")
             elif anchor and path.suffix == ".md" and anchor not in anchors(path):
                 bad.append(f"{where}: no heading #{anchor} in {rel(path)}")
     assert not bad, "\n".join(bad)

@@ -71,11 +71,11 @@ def test_pair_generates_and_records_every_step(pair):
     for step in out.steps:
         assert 1 <= step.union_size <= 20  # k=10 per member, 2 members
         assert set(step.member_probs) == {"smollm2-135m-instruct", "gemma3-270m"}
-        assert sum(c["prob"] for c in step.union) == pytest.approx(1.0)
+        assert sum(c.prob for c in step.union) == pytest.approx(1.0)
         for name in step.member_probs:
-            assert sum(c["members"][name] for c in step.union) == pytest.approx(1.0)
-        best = max(step.union, key=lambda c: c["prob"])
-        assert best["text"] == step.chosen  # greedy picks the argmax of the average
+            assert sum(c.members[name] for c in step.union) == pytest.approx(1.0)
+        best = max(step.union, key=lambda c: c.prob)
+        assert best.text == step.chosen  # greedy picks the argmax of the average
     assert out.timing.steps == len(out.steps) and out.timing.decode_s > 0
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.fakes import FakeMember
-from unite_llm import engine
+from unite_llm import loading
 from unite_llm.engine import Ensemble
 from unite_llm.errors import InvalidConfigError
 
@@ -25,7 +25,7 @@ def loaded(monkeypatch) -> list[str]:
         m.name = spec.removesuffix(".gguf").rpartition("/")[2]
         return m
 
-    monkeypatch.setattr(engine, "load_member", fake)
+    monkeypatch.setattr(loading, "load_member", fake)
     return seen
 
 
@@ -62,3 +62,14 @@ def test_bad_settings_are_refused_before_any_member_loads(loaded, specs, kwargs,
 def test_a_primary_named_by_its_file_stem_is_accepted(loaded) -> None:
     ens = Ensemble.load(["/models/a.gguf", "b"], primary="a", parallel=False)
     assert ens.primary == 0
+
+
+def test_no_specs_is_the_default_ensemble_with_its_gate(loaded) -> None:
+    """``Ensemble.load()`` is ``unite generate``'s default (its gate); members given are plain."""
+    from unite_llm.models import DEFAULT_ENSEMBLE, DEFAULT_SETTINGS
+
+    ens = Ensemble.load()
+    assert loaded == list(DEFAULT_ENSEMBLE)
+    assert ens.gate is not None and ens.gate.threshold == DEFAULT_SETTINGS["gate"]["threshold"]
+    assert Ensemble.load(DEFAULT_ENSEMBLE, parallel=False).gate is None  # (no timed thread plan of fakes)
+    assert Ensemble.load(gate=0.5).gate.threshold == 0.5

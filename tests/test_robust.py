@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from unite_llm import Ensemble
+from unite_llm.mathops import softmax
 from unite_llm.members.base import start_sequence
-from unite_llm.methods.base import softmax
 from unite_llm.thread_plan import plan_threads
 
 from .test_llama_batch import ROUNDING_TV, tv

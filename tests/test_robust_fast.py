@@ -165,7 +165,5 @@ def test_closed_steps_record_the_primary_alone():
 def test_weighting_changes_only_the_mix():
     plain = Ensemble(pair(), primary=0).generate("The cat", max_new_tokens=1).steps[0]
     floored = Ensemble(pair(), weighting=["floor=1"]).generate("The cat", max_new_tokens=1).steps[0]
-    assert [u["members"] for u in floored.union] == [u["members"] for u in plain.union]  # the members said the same
-    assert [u["prob"] for u in floored.union] == pytest.approx(
-        [u["members"]["left"] for u in floored.union]
-    )  # floor 1: the primary's
+    assert [u.members for u in floored.union] == [u.members for u in plain.union]  # the members said the same
+    assert [u.prob for u in floored.union] == pytest.approx([u.members["left"] for u in floored.union])  # floor 1: the primary's

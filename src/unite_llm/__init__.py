@@ -10,7 +10,7 @@ Implements *Determine-Then-Ensemble: Necessity of Top-k Union for LLM Ensembling
 
 from .builder import build_ensemble
 from .config import EnsembleConfig
-from .engine import Ensemble, GenerationOutput, StepRecord, StreamChunk, Timing
+from .engine import Ensemble, GenerationOutput, StepRecord, StreamChunk, Timing, UnionEntry
 from .errors import ContextLengthError, InvalidConfigError, InvalidInputError, ModelNotFoundError, UniteError
 from .members import Member, load_member
 from .models import DEFAULT_ENSEMBLE
@@ -32,6 +32,7 @@ __all__ = [
     "StepRecord",
     "StreamChunk",
     "Timing",
+    "UnionEntry",
     "UniteError",
     "build_ensemble",
     "load_member",

@@ -38,7 +38,7 @@ from .methods import make_method
 from .methods.base import END, BatchView, MemberScores, StepDistribution, StepMethod, candidate_text
 from .methods.gate import Gate, make_gate
 from .methods.weighting import WeightRule, apply_rules, make_rules
-from .models import DEFAULT_ENSEMBLE
+from .models import DEFAULT_ENSEMBLE, DEFAULT_SETTINGS
 from .prompts import Prompt, start_track
 from .sampling import GenerationConfig, choose
 from .scores import DenseScores, Scores, as_scores
@@ -46,6 +46,24 @@ from .stopping import StopStrings
 from .sync import TokenTrack
 
 log = logging.getLogger("unite_llm")
+
+
+@dataclass(frozen=True)
+class UnionEntry:
+    """One candidate of a step's union, as :class:`StepRecord` keeps it (and ``to_dict``
+    writes it: these fields, in this order, are the wire format of ``unite.union``)."""
+
+    text: str
+    """The candidate's text (``<END>`` for END; partial UTF-8 shown escaped)."""
+    end: bool
+    """True for the END candidate, whatever ``text`` reads."""
+    prob: float
+    """The ensemble's probability of the candidate."""
+    members: dict[str, float]
+    """Each consulted member's renormalised probability of it."""
+    rules: dict[str, str]
+    """Each consulted member's rule (UniTE: topk, vocab, subtoken, end, none); empty when the
+    step method has none."""
 
 
 @dataclass
@@ -60,7 +78,7 @@ class StepRecord:
     union_size: int
     member_probs: dict[str, float]
     """Each member's renormalised probability of the choice."""
-    union: list[dict[str, Any]] = field(default_factory=list)
+    union: list[UnionEntry] = field(default_factory=list)
     """Every candidate: text, ensemble prob, each member's prob and the rule used."""
     approximated: list[str] = field(default_factory=list)
     """``"member: candidate"`` for each probability a remote member could only bound
@@ -289,7 +307,7 @@ class Ensemble:
     @classmethod
     def load(
         cls,
-        specs: Sequence[str] = DEFAULT_ENSEMBLE,
+        specs: Sequence[str] | None = None,
         *,
         weights: Sequence[float] | None = None,
         k: int = 10,
@@ -305,6 +323,11 @@ class Ensemble:
         **member_options: Any,
     ) -> Ensemble:
         """Load members from spec strings (``.gguf`` paths, aliases, ``prefix:...``).
+
+        With no ``specs`` this is the default ensemble as ``unite generate`` runs it: its
+        members with :data:`~unite_llm.models.DEFAULT_SETTINGS` (the gate) where ``gate`` and
+        ``weighting`` are not given.  Members given explicitly run exactly as given (plain UniTE
+        of ``DEFAULT_ENSEMBLE`` is ``Ensemble.load(DEFAULT_ENSEMBLE)``).
 
         ``parallel`` steps members in threads (default: when there are several);
         in-process llama.cpp members then split the CPU cores between them unless
@@ -329,6 +352,10 @@ class Ensemble:
         The loading is :func:`unite_llm.loading.load_members`'s; a config file (and the rules
         every entry point applies to one) is :func:`unite_llm.builder.build_ensemble`'s.
         """
+        if specs is None:
+            specs = DEFAULT_ENSEMBLE
+            gate = DEFAULT_SETTINGS.get("gate") if gate is None else gate
+            weighting = DEFAULT_SETTINGS.get("weighting") if weighting is None else weighting
         specs = _checked_specs(specs)
         make_method(method, k=k)  # validate settings before the slow part
         make_gate(gate)
@@ -580,13 +607,13 @@ class Ensemble:
     def _record(self, index: int, dist: StepDistribution, choice: int, consulted: Sequence[int]) -> StepRecord:
         names = [self.names[i] for i in consulted]
         union = [
-            {
-                "text": candidate_text(c),
-                "end": c is END,
-                "prob": float(dist.probs[j]),
-                "members": {n: float(dist.member_probs[i, j]) for i, n in enumerate(names)},
-                "rules": {n: dist.rules[i][j] for i, n in enumerate(names)} if dist.rules else {},
-            }
+            UnionEntry(
+                text=candidate_text(c),
+                end=c is END,
+                prob=float(dist.probs[j]),
+                members={n: float(dist.member_probs[i, j]) for i, n in enumerate(names)},
+                rules={n: dist.rules[i][j] for i, n in enumerate(names)} if dist.rules else {},
+            )
             for j, c in enumerate(dist.candidates)
         ]
         return StepRecord(

@@ -65,6 +65,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
+from .cli._app import parse_gate, parse_weighting  # the same text rules as --gate/--weighting
 from .engine import Ensemble
 from .errors import InvalidConfigError, UniteError
 from .loglik import Chat, Context, choice_mixture, ensemble_loglik, ensemble_rolling_loglik, greedy_prefixes, mixture
@@ -99,6 +100,13 @@ def _split(value: Any, what: str) -> list[str]:
     if not all(parts):
         raise InvalidConfigError(f"{what}: empty entry in {value!r} (join entries with '+')")
     return parts
+
+
+def _gate(value: Any) -> float | dict[str, Any] | bool | None:
+    """``gate=0.2``, ``gate=margin=0.1`` or ``gate=off`` (lm-eval reads a bare number as a float)."""
+    if value is None or isinstance(value, bool):
+        return None if value is None else (None if value else False)
+    return float(value) if isinstance(value, int | float) else parse_gate(str(value))
 
 
 def _batch_size(value: Any) -> int:
@@ -212,6 +220,8 @@ class UniteLM(LM):
         method: str | None = None,
         weights: str | Sequence[float] | float | None = None,
         primary: str | int | None = None,
+        gate: str | float | None = None,
+        weighting: str | None = None,
         n_ctx: int | None = None,
         n_threads: int | None = None,
         n_seq: int | None = None,
@@ -248,6 +258,8 @@ class UniteLM(LM):
                 method=method,
                 weights=None if weights is None else [float(x) for x in _split(weights, "weights")],
                 primary=primary,
+                gate=_gate(gate),
+                weighting=None if weighting is None else parse_weighting(str(weighting).replace("+", ",")),
                 parallel=parallel,
                 prefix_cache=prefix_cache,
                 n_ctx=None if n_ctx is None else int(n_ctx),
@@ -444,6 +456,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except UniteError as err:  # a user error: one line and its exit code, as `unite` gives
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
+    except ValueError as err:  # lm-eval's own user error for a task name it does not know
+        if not str(err).startswith("Tasks not found"):
+            raise
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None

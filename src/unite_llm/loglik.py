@@ -52,10 +52,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import ContextLengthError, InvalidConfigError, InvalidInputError
+from .mathops import logsumexp
 from .members.base import Member, common_prefix, token_logprobs, token_top_logprobs
 from .methods.gate import Gate
 from .methods.weighting import WeightRule, apply_rules
-from .prompts import as_utf8, render_chat
+from .prompts import as_utf8, render_chat, text_track
 from .sync import TokenTrack
 from .vocab import incomplete_utf8_tail
 
@@ -131,19 +132,14 @@ def added_bos(member: Member) -> int | None:
 
 
 def context_track(member: Member, context: Text) -> TokenTrack:
-    """The member's token track for a raw-text ``context``, as :func:`~unite_llm.prompts.start_track`
-    builds it (BOS unless the text spells it, special tokens parsed, the tokens up to the last
-    control token frozen), without its context-length check, and open to a partial UTF-8 tail."""
+    """The member's token track for a raw-text ``context``: :func:`~unite_llm.prompts.text_track`
+    (the core of :func:`~unite_llm.prompts.start_track`), without start_track's empty-prompt
+    and context-length checks (the context is cut to fit later), with no BOS for an empty
+    context, and open to a partial UTF-8 tail."""
     data = _bytes(context)
     cut = len(data) - incomplete_utf8_tail(data)
     head, tail = as_utf8(data[:cut], "context"), data[cut:]
-    ids: list[int] = []
-    if head:
-        add_bos = not (member.bos_text and head.startswith(member.bos_text.encode()))
-        ids = member.tokenize(head, add_bos=add_bos, special=True)
-    pieces = member.vocab.pieces
-    last_control = max((i for i, t in enumerate(ids) if not pieces[t]), default=-1)
-    track = TokenTrack(member.vocab, member.tokenize, ids[: last_control + 1], member.vocab.decode(ids[last_control + 1 :]))
+    track = text_track(member, head) if head else TokenTrack(member.vocab, member.tokenize, [], b"")
     if tail:
         track.append(tail)
     return track
@@ -209,11 +205,7 @@ def mixture(logprobs: Sequence[float] | np.ndarray, weights: Sequence[float] | n
     w = np.asarray(weights, dtype=np.float64)
     if len(lls) == 1:
         return float(lls[0])
-    terms = np.log(w) + lls
-    top = float(terms.max())
-    if top == -math.inf:
-        return -math.inf
-    return top + math.log(float(np.exp(terms - top).sum()))
+    return float(logsumexp(np.log(w) + lls))
 
 
 def choice_mixture(
@@ -243,8 +235,7 @@ def choice_mixture(
         return lls[0].copy()
     if gate is not None and primary is not None and not gate.is_open(lls[primary], lls.shape[1])[0]:
         return lls[primary].copy()
-    top = lls.max(axis=1, keepdims=True)
-    logz = top[:, 0] + np.log(np.exp(lls - top).sum(axis=1))
+    logz = logsumexp(lls, axis=1)
     q = np.exp(lls - logz[:, None])
     w = np.asarray(weights, dtype=np.float64)
     w = w / w.sum()

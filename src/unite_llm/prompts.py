@@ -113,6 +113,17 @@ def message_text(content: Any, index: int) -> str:
     )
 
 
+def text_track(member: Member, text: bytes) -> TokenTrack:
+    """The member's token track for UTF-8 ``text``: BOS unless the text spells it, special
+    tokens parsed, the tokens up to the last control token frozen (no checks)."""
+    # A template that writes BOS itself must not get a second one from the tokenizer.
+    add_bos = not (member.bos_text and text.startswith(member.bos_text.encode()))
+    ids = member.tokenize(text, add_bos=add_bos, special=True)
+    pieces = member.vocab.pieces
+    last_control = max((i for i, t in enumerate(ids) if not pieces[t]), default=-1)
+    return TokenTrack(member.vocab, member.tokenize, ids[: last_control + 1], member.vocab.decode(ids[last_control + 1 :]))
+
+
 def start_track(member: Member, prompt: Prompt, *, chat: bool, reserve: int = 1) -> TokenTrack:
     """The member's token track for ``prompt`` (see the module docstring)."""
     if chat:
@@ -130,13 +141,7 @@ def start_track(member: Member, prompt: Prompt, *, chat: bool, reserve: int = 1)
         raise InvalidInputError("a list of messages needs chat mode (chat=True / --chat)")
     else:
         raise InvalidInputError(f"a prompt is a string or bytes (or, in chat mode, a list of messages), got {_kind(prompt)}")
-    # A template that writes BOS itself must not get a second one from the tokenizer.
-    add_bos = not (member.bos_text and text.startswith(member.bos_text.encode()))
-    ids = member.tokenize(text, add_bos=add_bos, special=True)
-    pieces = member.vocab.pieces
-    last_control = max((i for i, t in enumerate(ids) if not pieces[t]), default=-1)
-    frozen = ids[: last_control + 1]
-    track = TokenTrack(member.vocab, member.tokenize, frozen, member.vocab.decode(ids[last_control + 1 :]))
+    track = text_track(member, text)
     n = len(track)
     if n == 0:
         if text:  # e.g. token ids that are all control tokens the tokenizer drops

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InvalidConfigError, as_utf8
+from .mathops import softmax
 
 
 @dataclass
@@ -94,9 +95,8 @@ def choose(probs: np.ndarray, config: GenerationConfig, rng: np.random.Generator
     # Shift before scaling: the best candidate stays at 0 for any temperature, so a tiny one
     # (5e-324) sends the others to -inf (probability 0), never -inf - -inf = NaN.
     with np.errstate(over="ignore"):
-        p = np.exp((logp - logp.max()) / config.temperature)
-    p = np.where(probs > 0, p, 0.0)
-    p /= p.sum()
+        z = (logp - logp.max()) / config.temperature
+    p = softmax(np.where(probs > 0, z, -np.inf))
     order = np.argsort(-p, kind="stable")
     cum = np.cumsum(p[order])
     keep = order[: int(np.searchsorted(cum, config.top_p - 1e-12)) + 1]

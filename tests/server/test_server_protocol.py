@@ -2,7 +2,7 @@
 
 A piece of text that reads ``<END>`` (a tokenizer may well have one) is output like any
 other and counts in ``usage`` and ``logprobs``; the END step (``StepRecord.end``) and END
-candidates (``union[i]["end"]``) do not, whatever they read.  The bodies are built by the
+candidates (``union[i].end``) do not, whatever they read.  The bodies are built by the
 server's own functions and :class:`~unite_llm.server.serving.OpenAIServing` (the test
 server's, for the members' names), the stream from a job fed by hand, and the official
 ``openai`` types must parse what comes out.
@@ -18,19 +18,25 @@ import pytest
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from unite_llm.engine import GenerationOutput, StepRecord, StreamChunk, Timing
+from unite_llm.engine import GenerationOutput, StepRecord, StreamChunk, Timing, UnionEntry
 from unite_llm.sampling import GenerationConfig
-from unite_llm.server.protocol import CompletionStreamResponse, DeltaMessage, FinishReason, Usage
-from unite_llm.server.scheduler import Job
-from unite_llm.server.schemas import ChatCompletionRequest, CompletionRequest
+from unite_llm.server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    CompletionStreamResponse,
+    DeltaMessage,
+    FinishReason,
+    Usage,
+)
+from unite_llm.server.scheduler import ChunkEvent, DoneEvent, Job
 from unite_llm.server.serving import OpenAIServing, chat_logprobs, completion_logprobs, text_steps, usage_of
 
 
-def cand(text: str, prob: float, *, end: bool = False) -> dict:
-    return {"text": text, "end": end, "prob": prob, "members": {"a": prob, "b": prob}, "rules": {}}
+def cand(text: str, prob: float, *, end: bool = False) -> UnionEntry:
+    return UnionEntry(text=text, end=end, prob=prob, members={"a": prob, "b": prob}, rules={})
 
 
-def step(index: int, chosen: str, prob: float, *others: dict, end: bool = False) -> StepRecord:
+def step(index: int, chosen: str, prob: float, *others: UnionEntry, end: bool = False) -> StepRecord:
     union = [cand(chosen, prob, end=end), *others]
     return StepRecord(index, chosen, prob, len(union), {"a": prob, "b": prob}, union=union, end=end)
 
@@ -95,7 +101,7 @@ def serving(server) -> OpenAIServing:
 
 def test_completion_body(serving, server):
     req = CompletionRequest(model=server.model, prompt="x", logprobs=2, unite={"explain": True})
-    body = serving.completion_response([output()], req).model_dump()
+    body = serving.completions.response([output()], req).model_dump()
     assert list(body) == ["id", "object", "created", "model", "choices", "usage", "unite"]
     (choice,) = body["choices"]
     assert list(choice) == ["index", "text", "logprobs", "finish_reason"]
@@ -106,13 +112,13 @@ def test_completion_body(serving, server):
     assert [s["end"] for s in steps] == [False, False, True] and all("union" not in s for s in steps)
     assert body["unite"]["members"] == server.ensemble.names
     Completion.model_validate(body)
-    plain = serving.completion_response([output()], CompletionRequest(model=server.model, prompt="x")).model_dump()
+    plain = serving.completions.response([output()], CompletionRequest(model=server.model, prompt="x")).model_dump()
     assert "unite" not in plain and plain["choices"][0]["logprobs"] is None
 
 
 def test_chat_body(serving, server):
     req = ChatCompletionRequest(model=server.model, messages=[{"role": "user", "content": "hi"}], logprobs=True)
-    body = serving.chat_response(output(), req, 0).model_dump()
+    body = serving.chats.response(output(), req, 0).model_dump()
     assert "unite" not in body
     (choice,) = body["choices"]
     assert choice["message"] == {"role": "assistant", "content": TEXT}
@@ -128,10 +134,11 @@ def stream(serving: OpenAIServing, req, *, chat: bool, n_logprobs: int | None) -
     async def run() -> list[str]:
         job = Job(prompt="x", chat=chat, config=GenerationConfig(), loop=asyncio.get_running_loop())
         for piece, s in (("Hello", STEPS[0]), ("<END>", STEPS[1])):
-            job.events.put_nowait(("chunk", StreamChunk(piece, s)))
-        job.events.put_nowait(("chunk", StreamChunk("", STEPS[-1], output())))
-        job.events.put_nowait(("done", None))
-        return [e async for e in serving.event_stream(job, req, chat=chat, n_logprobs=n_logprobs)]
+            job.events.put_nowait(ChunkEvent(StreamChunk(piece, s)))
+        job.events.put_nowait(ChunkEvent(StreamChunk("", STEPS[-1], output())))
+        job.events.put_nowait(DoneEvent())
+        bodies = serving.chats if chat else serving.completions
+        return [e async for e in bodies.event_stream(job, req, n_logprobs)]
 
     events = asyncio.run(run())
     assert all(e.startswith("data: ") and e.endswith("\n\n") for e in events)

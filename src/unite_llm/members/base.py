@@ -18,6 +18,7 @@ from typing import Any, Protocol, cast, runtime_checkable
 import numpy as np
 
 from ..errors import ContextLengthError
+from ..mathops import log_softmax
 from ..scores import Scores
 from ..vocab import ByteVocab
 
@@ -206,13 +207,6 @@ def forward_rows(member: Member, contexts: Sequence[Sequence[int]], rows: Sequen
         return cast(BatchMember, member).next_logits_batch(contexts, rows)
     # next_logits may return a view into the backend's buffer: copy each row.
     return np.stack([np.array(member.next_logits(ctx), dtype=np.float32) for ctx in contexts])
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Normalised log-probabilities (for users and reports; the step does not need Z)."""
-    logits = np.asarray(logits, dtype=np.float64)
-    shifted = logits - logits.max()
-    return shifted - np.log(np.exp(shifted).sum())
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

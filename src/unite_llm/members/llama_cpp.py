@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InvalidConfigError, ModelFileError
+from ..mathops import logsumexp_rows
 from ..models import resolve_gguf
 from ..vocab import ByteVocab
 from .base import MemberBase, check_context, common_prefix
@@ -395,9 +396,7 @@ class LlamaCppMember(MemberBase):
             self.n_evaluated += len(batch)
             # One log-softmax over the chunk's rows (llama.cpp keeps them contiguous).
             rows = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.llm.ctx), shape=(len(batch), self._n_vocab))
-            peak = rows.max(axis=1, keepdims=True)
-            shifted = rows - peak  # one temporary of the chunk's size, exponentiated in place
-            lse = peak[:, 0] + np.log(np.exp(shifted, out=shifted).sum(axis=1, dtype=np.float64))
+            lse = logsumexp_rows(rows)
             targets = np.arange(pos + 1, pos + 1 + len(batch))
             lp_all[targets] = rows[np.arange(len(batch)), np.asarray(tokens)[targets]] - lse
             if top:

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 import numpy as np
 import numpy.typing as npt
 
-from ..candidates import END, candidate_text
+from ..candidates import candidate_of, candidate_text
 from ..vocab import ByteVocab
 
 TopFetch = Callable[[int, bool], tuple[Sequence[int], Sequence[float]]]
@@ -71,7 +71,7 @@ class RemoteLogits:
             raise RuntimeError("these remote logits are stale: the member has stepped since")
 
     def _text(self, tid: int) -> str:
-        return candidate_text(END if tid in self.vocab.eog_ids else self.vocab.pieces[tid])
+        return candidate_text(candidate_of(tid, self.vocab))
 
     def top_k_ids(self, vocab: ByteVocab, k: int, *, ignore_eos: bool = False) -> list[int]:
         self._check()

@@ -18,6 +18,8 @@ import numpy as np
 from ..candidates import END as END  # re-exported: the step methods name candidates from here
 from ..candidates import Candidate
 from ..candidates import candidate_text as candidate_text
+from ..mathops import logsumexp as logsumexp  # re-exported: the one implementation
+from ..mathops import softmax as softmax
 from ..scores import Scores, as_scores
 from ..vocab import ByteVocab
 
@@ -120,24 +122,3 @@ class StepMethod:
         ``[rows, members]``.
         """
         raise NotImplementedError(f"{type(self).__name__} has no batched step")
-
-
-def logsumexp(values: Sequence[float]) -> float:
-    """Log of the summed probabilities (merging duplicate ids), in float64."""
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.size == 0:
-        return float("-inf")
-    top = arr.max()
-    if not np.isfinite(top):
-        return float(top)
-    return float(top + np.log(np.exp(arr - top).sum()))
-
-
-def softmax(scores: np.ndarray) -> np.ndarray:
-    """Renormalise log-scores over the candidates (rows); an all -inf row stays zero."""
-    scores = np.asarray(scores, dtype=np.float64)
-    top = scores.max(axis=-1, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    exp = np.exp(scores - top)
-    total = exp.sum(axis=-1, keepdims=True)
-    return np.divide(exp, total, out=np.zeros_like(exp), where=total > 0)

@@ -42,11 +42,12 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from ..errors import InvalidConfigError
+from ..mathops import softmax, softmax_rows_
 from ..members.base import can
 from ..scores import dense
 from ..vocab import ByteVocab
 from .base import END, Candidate, MemberScores, StepDistribution, StepMethod
-from .gac import full_softmax
+from .unite import candidate_of
 
 if TYPE_CHECKING:
     from ..members.base import Member
@@ -96,10 +97,7 @@ def relative_matrix(embeddings: np.ndarray, anchor_ids: np.ndarray, temperature:
     for lo in range(0, emb.shape[0], _CHUNK):
         block = emb[lo : lo + _CHUNK] / np.maximum(norms[lo : lo + _CHUNK], 1e-12)
         sims = (block @ anchors.T) / temperature
-        sims -= sims.max(axis=1, keepdims=True)
-        np.exp(sims, out=sims)
-        sims /= sims.sum(axis=1, keepdims=True)
-        out[lo : lo + _CHUNK] = sims
+        out[lo : lo + _CHUNK] = softmax_rows_(sims)
     return out
 
 
@@ -110,13 +108,13 @@ def inverse_search(r: np.ndarray, rel: np.ndarray, logits: np.ndarray, allowed: 
     target's own logits (tokens not ``allowed`` stay at probability 0).
     """
     z = np.where(allowed, np.asarray(logits, dtype=np.float64), -np.inf)
-    p = full_softmax(z)
+    p = softmax(z)
     r = np.asarray(r, dtype=np.float64)
     for _ in range(steps):
         q = np.maximum(rel.T @ p.astype(np.float32), 1e-30).astype(np.float64)
         g = -(rel @ (r / q).astype(np.float32)).astype(np.float64)  # dL/dp
         z = z - lr * p * (g - p @ g)  # chain rule through the softmax
-        p = full_softmax(z)
+        p = softmax(z)
     return p
 
 
@@ -252,7 +250,7 @@ class DeePEn(StepMethod):
         mask = allowed.copy()
         if ignore_eos:
             mask[list(member.vocab.eog_ids)] = False
-        return full_softmax(np.where(mask, dense(member.logits, n), -np.inf))
+        return softmax(np.where(mask, dense(member.logits, n), -np.inf))
 
     def __call__(self, members: Sequence[MemberScores], weights: np.ndarray, *, ignore_eos: bool = False) -> StepDistribution:
         space = self.space
@@ -280,7 +278,7 @@ class DeePEn(StepMethod):
         for tid in ids.tolist():
             if p_hat[tid] <= 0:
                 continue
-            cand: Candidate = END if tid in vocab.eog_ids else vocab.pieces[tid]
+            cand = candidate_of(tid, vocab)
             merged[cand] = merged.get(cand, 0.0) + float(p_hat[tid])
         cands = sorted(merged, key=lambda c: -merged[c])[: self.top]
         member_rows, rules = [], []

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..mathops import softmax
 from ..scores import dense
 from ..vocab import ByteVocab
 from .base import END, Candidate, MemberScores, StepDistribution, StepMethod
@@ -82,13 +83,6 @@ class UnionVocab:
         return cls(candidates, maps, sources)
 
 
-def full_softmax(logits: np.ndarray) -> np.ndarray:
-    """Softmax over a whole vocabulary in float64 (GaC needs every probability)."""
-    x = np.asarray(logits, dtype=np.float64)
-    e = np.exp(x - x.max())
-    return e / e.sum()
-
-
 class GaC(StepMethod):
     """The GaC step method.  ``k`` is accepted for a uniform interface and not used:
     GaC averages whole distributions.  ``top`` bounds what the step returns (see module)."""
@@ -115,7 +109,7 @@ class GaC(StepMethod):
 
     def member_union_probs(self, member: MemberScores, union: UnionVocab, i: int, *, ignore_eos: bool) -> np.ndarray:
         """One member's full distribution scattered into the union (sums to 1)."""
-        p = full_softmax(dense(member.logits, len(member.vocab)))
+        p = softmax(dense(member.logits, len(member.vocab)))
         src, dst = union.sources[i], union.maps[i]
         q = np.bincount(dst, weights=p[src], minlength=union.size)
         if ignore_eos:

@@ -26,6 +26,8 @@ from typing import Any, Final
 
 import numpy as np
 
+from ..mathops import top_two_probs
+
 SIGNALS: Final = ("top1", "margin")
 
 
@@ -49,18 +51,11 @@ class Gate:
         """The primary's confidence per row: ``scores`` is one ``[vocab]`` vector or ``[rows, vocab]``
         (numpy, or a torch tensor, reduced where it lives); ``size`` is the vocabulary's length."""
         if type(scores).__module__.startswith("torch"):
-            import torch
-
-            probs = torch.softmax(scores[..., :size].float(), dim=-1)
-            top = torch.topk(probs, 2, dim=-1).values.cpu().numpy()
+            top = top_two_probs(scores[..., :size])
         else:
             from ..scores import dense
 
-            x = np.asarray(dense(scores, size) if np.ndim(scores) <= 1 else np.asarray(scores)[..., :size], np.float64)
-            best = np.partition(x, -2, axis=-1)[..., -2:]  # the two largest, either order
-            hi, lo = best.max(axis=-1, keepdims=True), best.min(axis=-1, keepdims=True)
-            total = np.exp(x - hi).sum(axis=-1, keepdims=True)
-            top = np.concatenate([1.0 / total, np.exp(lo - hi) / total], axis=-1)
+            top = top_two_probs(dense(scores, size) if np.ndim(scores) <= 1 else np.asarray(scores)[..., :size])
         top = np.atleast_2d(top)
         return top[:, 0] if self.signal == "top1" else top[:, 0] - top[:, 1]
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import InvalidConfigError
+from ..mathops import softmax
 from ..members.base import token_logprobs
 from .unite import UniTE
 
@@ -42,9 +43,7 @@ def packllm_weights(log_ppl: Sequence[float], tau: float = 1.0) -> np.ndarray:
     """``softmax(-log_ppl / tau)``: lower perplexity, higher weight."""
     if tau <= 0:
         raise InvalidConfigError(f"tau must be > 0, got {tau}")
-    x = -np.asarray(log_ppl, dtype=np.float64) / tau
-    e = np.exp(x - x.max())
-    return e / e.sum()
+    return softmax(-np.asarray(log_ppl, dtype=np.float64) / tau)
 
 
 def prompt_log_ppl(logprobs: np.ndarray, n_bytes: int, per: str = "token") -> float:

@@ -38,9 +38,10 @@ from typing import Any
 import numpy as np
 
 from ..candidates import candidate_of
+from ..mathops import logsumexp, softmax
 from ..scores import Scores, top_k_ids
 from ..vocab import ByteVocab
-from .base import END, BatchView, Candidate, MemberScores, StepDistribution, StepMethod, logsumexp, softmax
+from .base import END, BatchView, Candidate, MemberScores, StepDistribution, StepMethod
 from .unite_batch import DeviceStep, FirstSubtoken, GatheredLogits
 
 
@@ -53,9 +54,12 @@ def union(top: Sequence[Sequence[Candidate]]) -> list[Candidate]:
     return list(seen)
 
 
-def member_ids(member: MemberScores, cand: Candidate, in_top: bool, ignore_eos: bool) -> tuple[tuple[int, ...], str]:
-    """The ids whose summed probability is the member's score of one candidate, and the rule."""
-    vocab = member.vocab
+def candidate_ids(
+    vocab: ByteVocab, first_subtoken: FirstSubtoken, cand: Candidate, in_top: bool, ignore_eos: bool
+) -> tuple[tuple[int, ...], str]:
+    """The rule tree: the ids whose summed probability is a member's score of one candidate,
+    and the rule.  The single step reads them (:func:`member_log_scores`), the batched step
+    gathers them on the device first (:class:`BatchedUniTE`)."""
     if cand is END:
         if ignore_eos or not vocab.eog_ids:
             return (), "none"
@@ -64,10 +68,15 @@ def member_ids(member: MemberScores, cand: Candidate, in_top: bool, ignore_eos: 
     ids = vocab.ids_of(cand)
     if ids:
         return ids, "topk" if in_top else "vocab"
-    sub = member.first_subtoken(cand)
+    sub = first_subtoken(cand)
     if sub is None:
         return (), "none"
     return (sub,), "subtoken"
+
+
+def member_ids(member: MemberScores, cand: Candidate, in_top: bool, ignore_eos: bool) -> tuple[tuple[int, ...], str]:
+    """:func:`candidate_ids` for one member's scores."""
+    return candidate_ids(member.vocab, member.first_subtoken, cand, in_top, ignore_eos)
 
 
 def member_log_scores(
@@ -89,6 +98,32 @@ def member_log_score(member: MemberScores, cand: Candidate, in_top: bool, ignore
     return member_log_scores(member, [cand], {cand} if in_top else set(), ignore_eos)[0]
 
 
+def top_candidates(ids: Sequence[int], vocab: ByteVocab) -> list[Candidate]:
+    """A member's top-k ids as candidates, best first."""
+    return [candidate_of(int(t), vocab) for t in ids]
+
+
+def combine(
+    members: Sequence[MemberScores],
+    cands: Sequence[Candidate],
+    tops: Sequence[Sequence[Candidate]],
+    weights: np.ndarray,
+    ignore_eos: bool,
+) -> StepDistribution:
+    """UniTE's distribution over the union ``cands`` of the members' top-k ``tops``: each
+    member's scores by the rule tree, renormalised over the union, then the weighted average
+    (``weights`` is ``[members]``)."""
+    scores = np.empty((len(members), len(cands)))
+    rules: list[list[str]] = []
+    for i, member in enumerate(members):
+        row = member_log_scores(member, cands, set(tops[i]), ignore_eos)
+        scores[i] = [s for s, _ in row]
+        rules.append([r for _, r in row])
+    member_probs = softmax(scores)
+    probs = np.asarray(weights, dtype=np.float64) @ member_probs
+    return StepDistribution(list(cands), probs / probs.sum(), member_probs, rules, aligned=len(cands))
+
+
 class UniTE(StepMethod):
     """The UniTE step method; ``k`` is the per-member top-k (10 in the paper)."""
 
@@ -100,17 +135,8 @@ class UniTE(StepMethod):
         self._batched: BatchedUniTE | None = None
 
     def __call__(self, members: Sequence[MemberScores], weights: np.ndarray, *, ignore_eos: bool = False) -> StepDistribution:
-        tops = [[candidate_of(t, m.vocab) for t in m.logits.top_k_ids(m.vocab, self.k, ignore_eos=ignore_eos)] for m in members]
-        cands = union(tops)
-        scores = np.empty((len(members), len(cands)))
-        rules: list[list[str]] = []
-        for i, member in enumerate(members):
-            row = member_log_scores(member, cands, set(tops[i]), ignore_eos)
-            scores[i] = [s for s, _ in row]
-            rules.append([r for _, r in row])
-        member_probs = softmax(scores)
-        probs = np.asarray(weights, dtype=np.float64) @ member_probs
-        return StepDistribution(cands, probs / probs.sum(), member_probs, rules, aligned=len(cands))
+        tops = [top_candidates(m.logits.top_k_ids(m.vocab, self.k, ignore_eos=ignore_eos), m.vocab) for m in members]
+        return combine(members, union(tops), tops, weights, ignore_eos)
 
     def step_batch(
         self, scores: Sequence[Any], view: BatchView, weights: np.ndarray, *, ignore_eos: bool = False
@@ -148,7 +174,7 @@ class BatchedUniTE(DeviceStep):
         for s, vocab in zip(scores, vocabs):
             ids = self.top_ids(s, vocab, ignore_eos).tolist()
             top_ids.append(ids)
-            tops.append([[candidate_of(int(t), vocab) for t in row] for row in ids])
+            tops.append([top_candidates(row, vocab) for row in ids])
         cands = [union([tops[i][b] for i in range(n_members)]) for b in range(n_rows)]
 
         gathered: list[list[GatheredLogits]] = []
@@ -156,28 +182,36 @@ class BatchedUniTE(DeviceStep):
             pairs: list[tuple[int, int]] = []
             for b in range(n_rows):
                 for cand in cands[b]:
-                    pairs.extend((b, t) for t in self.needed(cand, vocab, first_subtokens[i], ignore_eos))
+                    ids, _ = candidate_ids(vocab, first_subtokens[i], cand, False, ignore_eos)
+                    pairs.extend((b, t) for t in ids)
             values = self.gather(s, pairs)
             per_row: list[dict[int, float]] = [{} for _ in range(n_rows)]
             for (b, t), v in zip(pairs, values):
                 per_row[b][t] = v
             gathered.append([GatheredLogits(d, top_ids[i][b], (self.k, ignore_eos)) for b, d in enumerate(per_row)])
 
-        dists: list[StepDistribution] = []
         w = np.asarray(weights, dtype=np.float64)
-        for b in range(n_rows):
-            table = np.empty((n_members, len(cands[b])))
-            rules: list[list[str]] = []
-            for i in range(n_members):
-                view = MemberScores(names[i], gathered[i][b], vocabs[i], first_subtokens[i])
-                own = set(tops[i][b])
-                row = [member_log_score(view, c, c in own, ignore_eos) for c in cands[b]]
-                table[i] = [v for v, _ in row]
-                rules.append([r for _, r in row])
-            member_probs = softmax(table)
-            probs = (w[b] if w.ndim == 2 else w) @ member_probs
-            dists.append(StepDistribution(cands[b], probs / probs.sum(), member_probs, rules, aligned=len(cands[b])))
+        dists = [
+            combine(
+                [MemberScores(names[i], gathered[i][b], vocabs[i], first_subtokens[i]) for i in range(n_members)],
+                cands[b],
+                [tops[i][b] for i in range(n_members)],
+                w[b] if w.ndim == 2 else w,
+                ignore_eos,
+            )
+            for b in range(n_rows)
+        ]
         return dists, [[gathered[i][b] for i in range(n_members)] for b in range(n_rows)]
 
 
-__all__ = ["BatchedUniTE", "UniTE", "candidate_of", "member_log_score", "member_log_scores", "top_k_ids", "union"]
+__all__ = [
+    "BatchedUniTE",
+    "UniTE",
+    "candidate_ids",
+    "candidate_of",
+    "combine",
+    "member_log_score",
+    "member_log_scores",
+    "top_k_ids",
+    "union",
+]

@@ -9,9 +9,10 @@ member's top-k and its scores of the few union candidates.  So, per member:
    and take ``topk`` over the ``[B, V]`` scores on the device: ``B x k`` ids come back;
 2. form each row's union on the host (bytes, exactly as the single step does);
 3. gather every score the step will read (the ids of each candidate, the EOG ids, the
-   first sub-token of candidates outside the vocabulary) in one indexed read: those
-   few numbers are all that leave the device;
-4. finish with the single step's own rules (:func:`~unite_llm.methods.unite.member_log_score`),
+   first sub-token of candidates outside the vocabulary: the single step's own rule tree,
+   :func:`~unite_llm.methods.unite.candidate_ids`) in one indexed read: those few numbers
+   are all that leave the device;
+4. finish with the single step's own combination (:func:`~unite_llm.methods.unite.combine`),
    so a row's distribution is the one UniTE computes from the same logits.
 
 This module holds the device-side operations (steps 1 and 3, and the gather plan);
@@ -28,7 +29,6 @@ import numpy as np
 
 from ..scores import DenseScores
 from ..vocab import ByteVocab
-from .base import END, Candidate
 
 FirstSubtoken = Callable[[bytes], int | None]
 
@@ -111,15 +111,3 @@ class DeviceStep:
             index_ids = torch.tensor(ids, device=scores.device)
             return scores[index_rows, index_ids].double().cpu().tolist()
         return np.asarray(scores)[rows, ids].astype(np.float64).tolist()
-
-    @staticmethod
-    def needed(cand: Candidate, vocab: ByteVocab, first_subtoken: FirstSubtoken, ignore_eos: bool) -> list[int]:
-        """The ids whose scores :func:`~unite_llm.methods.unite.member_log_score` will read for ``cand``."""
-        if cand is END:
-            return [] if ignore_eos else sorted(vocab.eog_ids)
-        assert isinstance(cand, bytes)
-        ids = vocab.ids_of(cand)
-        if ids:
-            return list(ids)
-        sub = first_subtoken(cand)
-        return [] if sub is None else [sub]

@@ -10,7 +10,7 @@ This module is the HTTP shell, as vLLM's ``api_server.py`` is: the scheduler's l
 the ASGI guards of :mod:`.guards` (body cap, HEAD), the error handlers, and routes of a
 few lines each.  What a route does (checks before queueing, generation settings, the job,
 the JSON body or the event stream) is :class:`~.serving.OpenAIServing`'s work, and the
-bodies are the models of :mod:`.protocol` (requests: :mod:`.schemas`).
+bodies (requests and responses) are the models of :mod:`.protocol`.
 
 Errors use OpenAI's schema ``{"error": {"message", "type", "param", "code"}}``; a bug
 gives a 500 with a generic message and the traceback goes to the server log only.
@@ -34,9 +34,17 @@ from ..defaults import DEFAULT_MAX_BATCH, DEFAULT_MAX_TOKENS
 from ..engine import Ensemble
 from ..errors import InvalidConfigError, UniteError
 from .guards import DEFAULT_MAX_REQUEST_BYTES, BodyLimit, HeadAsGet
-from .protocol import DetokenizeResponse, ModelCard, ModelList, TokenizeResponse
+from .protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ModelCard,
+    ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 from .scheduler import BatchRunner, OverloadedError, Runner, Scheduler, SerialRunner
-from .schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from .serving import APIError, OpenAIServing, api_error
 
 STATIC = files("unite_llm") / "server" / "static"
@@ -160,15 +168,15 @@ def create_app(
 
     @app.post("/tokenize")
     async def tokenize(req: TokenizeRequest) -> TokenizeResponse:
-        return await run_in_threadpool(serving.tokenize, req)
+        return await run_in_threadpool(serving.tokenizer.tokenize, req)
 
     @app.post("/detokenize")
     async def detokenize(req: DetokenizeRequest) -> DetokenizeResponse:
-        return serving.detokenize(req)
+        return serving.tokenizer.detokenize(req)
 
     @app.get("/tokenizer_info")
     async def tokenizer_info() -> dict[str, Any]:
-        return serving.tokenizer_info()
+        return serving.tokenizer.info()
 
     @app.get("/", include_in_schema=False)
     async def playground() -> FileResponse:

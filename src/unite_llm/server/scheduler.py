@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..engine import DecodeBatch, Ensemble
+from ..engine import DecodeBatch, Ensemble, StreamChunk
 from ..prompts import Prompt
 from ..sampling import GenerationConfig
 
@@ -41,6 +41,29 @@ class OverloadedError(Exception):
     """The waiting queue is full (HTTP 503)."""
 
 
+@dataclass(frozen=True)
+class ChunkEvent:
+    """A step of the job's stream (the last one carries the output)."""
+
+    chunk: StreamChunk
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    """The job finished; no event follows."""
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    """The job failed with ``error``; no event follows."""
+
+    error: BaseException
+
+
+JobEvent = ChunkEvent | DoneEvent | ErrorEvent
+"""What the worker hands a job's client: chunks, then one :class:`DoneEvent` or :class:`ErrorEvent`."""
+
+
 @dataclass(eq=False)
 class Job:
     """One generation request on its way through the worker."""
@@ -49,8 +72,8 @@ class Job:
     chat: bool
     config: GenerationConfig
     loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)
-    """Filled by the worker: ``("chunk", StreamChunk)``... then ``("done", None)`` or ``("error", exc)``."""
+    events: asyncio.Queue[JobEvent] = field(default_factory=asyncio.Queue)
+    """Filled by the worker: :class:`ChunkEvent`... then :class:`DoneEvent` or :class:`ErrorEvent`."""
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued: float = field(default_factory=time.perf_counter)
     started: float | None = None
@@ -58,10 +81,10 @@ class Job:
     def cancel(self) -> None:
         self.cancelled.set()
 
-    def emit(self, kind: str, payload: Any) -> None:
+    def emit(self, event: JobEvent) -> None:
         """Called from the worker thread: never blocks on the client."""
         try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, payload))
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
         except RuntimeError:  # the event loop is closed: the server is shutting down
             self.cancel()
 
@@ -112,7 +135,7 @@ class SerialRunner:
                 if job.cancelled.is_set():
                     log.info("request cancelled by its client; worker freed")
                     return
-                job.emit("chunk", chunk)
+                job.emit(ChunkEvent(chunk))
         finally:
             stream.close()
 
@@ -158,7 +181,7 @@ class BatchRunner:
                     for rid, chunk in results:
                         job = owner[rid]
                         if not job.cancelled.is_set():
-                            job.emit("chunk", chunk)
+                            job.emit(ChunkEvent(chunk))
                         if chunk.output is not None:
                             del owner[rid]
                             source.finish(job)
@@ -322,10 +345,10 @@ class Scheduler:
                 self.stats.cancelled += 1
             elif error is not None:
                 self.stats.failed += 1
-                job.emit("error", error)
+                job.emit(ErrorEvent(error))
             else:
                 self.stats.completed += 1
-                job.emit("done", None)
+                job.emit(DoneEvent())
 
     def _work(self) -> None:
         while (batch := self._take()) is not None:

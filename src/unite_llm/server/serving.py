@@ -2,11 +2,13 @@
 
 :class:`OpenAIServing` holds the ensemble's side of every route in :mod:`.app`: the checks
 made **before** a request is queued (model name, unsupported settings, each member's prompt
-length against its context), the :class:`~unite_llm.sampling.GenerationConfig`, the job it
-submits to the :class:`~.scheduler.Scheduler`, and the answer: one JSON body, or a stream
-of server-sent events ending ``data: [DONE]``.  The bodies are the models of
-:mod:`.protocol`.  A bad request so costs no generation time and gets a proper HTTP status
-(:class:`APIError`) rather than an error in the middle of a stream.
+length against its context), the :class:`~unite_llm.sampling.GenerationConfig` and the job it
+submits to the :class:`~.scheduler.Scheduler`.  The answer, one JSON body or a stream of
+server-sent events ending ``data: [DONE]``, is built by the endpoint's own body builder
+(:class:`CompletionBodies`, :class:`ChatBodies`, :class:`TokenizerBodies`, on a shared
+:class:`Bodies` base) from the models of :mod:`.protocol`.  A bad request so costs no
+generation time and gets a proper HTTP status (:class:`APIError`) rather than an error in the
+middle of a stream.
 
 ``echo`` returns the prompt's own tokens and log-probabilities before the completion's
 (OpenAI's legacy shape, what lm-evaluation-harness's ``local-completions`` reads for
@@ -30,19 +32,20 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from ..engine import Ensemble, GenerationOutput, StepRecord, StreamChunk
+from ..engine import Ensemble, GenerationOutput, StepRecord, UnionEntry
 from ..errors import ContextLengthError, InvalidConfigError, ModelNotFoundError, UniteError, as_utf8
 from ..loglik import PromptLogprobs, context_track, prompt_logprobs, reference_member
 from ..prompts import Prompt, start_track
 from ..sampling import GenerationConfig
 from .protocol import (
+    ChatCompletionRequest,
     ChatCompletionResponse,
     ChatCompletionResponseChoice,
     ChatCompletionStreamChoice,
@@ -52,10 +55,12 @@ from .protocol import (
     ChatMessageOut,
     ChatTopLogprob,
     CompletionLogprobs,
+    CompletionRequest,
     CompletionResponse,
     CompletionResponseChoice,
     CompletionStreamResponse,
     DeltaMessage,
+    DetokenizeRequest,
     DetokenizeResponse,
     ErrorBody,
     ErrorDetail,
@@ -63,13 +68,15 @@ from .protocol import (
     ModelCard,
     ModelList,
     StreamUnite,
+    TokenizeRequest,
     TokenizeResponse,
     UniteBlock,
     UniteChoice,
+    UniteOptions,
     Usage,
+    _Common,
 )
-from .scheduler import Job, OverloadedError, Scheduler
-from .schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest, UniteOptions, _Common
+from .scheduler import ChunkEvent, DoneEvent, ErrorEvent, Job, JobEvent, OverloadedError, Scheduler
 
 log = logging.getLogger("unite_llm.server")
 
@@ -150,10 +157,10 @@ def text_steps(steps: Sequence[StepRecord]) -> list[StepRecord]:
     return [s for s in steps if not s.end]
 
 
-def top_candidates(step: StepRecord, n: int) -> list[dict[str, Any]]:
+def top_candidates(step: StepRecord, n: int) -> list[UnionEntry]:
     """The step's ``n`` most probable union candidates, less END (so possibly fewer than ``n``)."""
-    ranked = sorted(step.union, key=lambda c: -c["prob"])[:n]
-    return [c for c in ranked if not c["end"]]
+    ranked = sorted(step.union, key=lambda c: -c.prob)[:n]
+    return [c for c in ranked if not c.end]
 
 
 def completion_logprobs(steps: Sequence[StepRecord], n_top: int, offset: int = 0) -> CompletionLogprobs:
@@ -165,7 +172,7 @@ def completion_logprobs(steps: Sequence[StepRecord], n_top: int, offset: int = 0
     for s in text_steps(steps):
         tokens.append(s.chosen)
         lps.append(logprob(s.prob))
-        tops.append({c["text"]: logprob(c["prob"]) for c in top_candidates(s, n_top)})
+        tops.append({c.text: logprob(c.prob) for c in top_candidates(s, n_top)})
         offsets.append(offset)
         offset += len(s.chosen)
     return CompletionLogprobs(tokens=tokens, token_logprobs=lps, top_logprobs=tops if n_top else None, text_offset=offsets)
@@ -224,7 +231,7 @@ def chat_logprobs(steps: Sequence[StepRecord], n_top: int) -> ChatLogprobs:
     content: list[ChatLogprobToken] = []
     for s in text_steps(steps):
         chosen = entry(s.chosen, s.prob)
-        top = [entry(c["text"], c["prob"]) for c in top_candidates(s, n_top)]
+        top = [entry(c.text, c.prob) for c in top_candidates(s, n_top)]
         content.append(ChatLogprobToken(token=chosen.token, logprob=chosen.logprob, bytes=chosen.bytes, top_logprobs=top))
     return ChatLogprobs(content=content)
 
@@ -248,7 +255,7 @@ def sse(data: BaseModel | str) -> str:
 # -- waiting for the worker ------------------------------------------------------------
 
 
-async def next_event(job: Job, request: Request | None, getter: list[asyncio.Task[Any]]) -> tuple[str, Any]:
+async def next_event(job: Job, request: Request | None, getter: list[asyncio.Task[JobEvent]]) -> JobEvent:
     """The job's next event; with ``request``, checks every 0.25 s that the client is still there.
 
     ``getter`` holds the pending ``events.get()`` between calls (the caller cancels it when done)."""
@@ -257,24 +264,23 @@ async def next_event(job: Job, request: Request | None, getter: list[asyncio.Tas
     while True:
         done, _ = await asyncio.wait(getter, timeout=0.25 if request is not None else None)
         if done:
-            event: tuple[str, Any] = getter.pop().result()
-            return event
+            return getter.pop().result()
         if request is not None and await request.is_disconnected():
             raise ClientGone
 
 
 async def collect(job: Job, request: Request) -> GenerationOutput:
     """The job's final output (raises the worker's error; :class:`ClientGone` if the client left)."""
-    getter: list[asyncio.Task[Any]] = []
+    getter: list[asyncio.Task[JobEvent]] = []
     final: GenerationOutput | None = None
     try:
         while True:
-            kind, payload = await next_event(job, request, getter)
-            if kind == "error":
-                raise payload
-            if kind == "chunk" and payload.output is not None:
-                final = payload.output
-            elif kind == "done":
+            event = await next_event(job, request, getter)
+            if isinstance(event, ErrorEvent):
+                raise event.error
+            if isinstance(event, ChunkEvent) and event.chunk.output is not None:
+                final = event.chunk.output
+            elif isinstance(event, DoneEvent):
                 assert final is not None, "the worker finished a job without its final chunk"
                 return final
     finally:
@@ -291,6 +297,295 @@ async def collect_all(jobs: list[Job], request: Request) -> list[GenerationOutpu
     finally:
         for j in jobs:
             j.cancel()  # no-op for finished jobs; frees the worker if we stopped early
+
+
+# -- response bodies: one builder per endpoint ------------------------------------------
+
+
+class Bodies:
+    """What every endpoint's bodies share: the ensemble and the name it is served under."""
+
+    def __init__(self, ensemble: Ensemble, model_name: str) -> None:
+        self.ensemble = ensemble
+        self.model_name = model_name
+
+    def check_model(self, model: str | None) -> None:
+        """A request's optional ``model`` must name the served one (404 otherwise)."""
+        if model is not None and model != self.model_name:
+            raise model_not_found(model, self.model_name)
+
+
+class GenerationBodies(Bodies):
+    """The bodies of a generating endpoint: its plain response (a subclass's ``response``) and
+    its stream of chunks, each with the ``unite`` extra when the request asked for it.  A
+    subclass names its id prefix and chunk type and builds a chunk's choice (:meth:`stream_choice`);
+    the stream's order (opening chunks, text chunks, the usage chunk, ``[DONE]``) is here."""
+
+    id_prefix: ClassVar[str]
+    stream_type: ClassVar[type[StreamResponse]]
+
+    def unite_block(self, outputs: Sequence[GenerationOutput], opts: UniteOptions) -> UniteBlock | None:
+        """The ``unite`` extra of a plain response; None unless the request asked for it."""
+        if not opts.wanted:
+            return None
+        return UniteBlock(
+            members=self.ensemble.names,
+            weights=[float(w) for w in self.ensemble.weights],
+            choices=[
+                UniteChoice(
+                    index=i, prompt_tokens=o.prompt_tokens, steps=[step_json(s, opts) for s in o.steps], timing=asdict(o.timing)
+                )
+                for i, o in enumerate(outputs)
+            ],
+        )
+
+    def opening(self, rid: str, created: int) -> list[StreamResponse]:
+        """The chunks sent before any text (none unless a subclass has some)."""
+        return []
+
+    def stream_choice(
+        self, text: str, finish: FinishReason | None, steps: Sequence[StepRecord], offset: int, n_logprobs: int | None
+    ) -> Any:
+        """A chunk's one choice: ``text`` with the logprobs of ``steps`` (those behind it since
+        the last chunk; ``offset`` is where ``text`` starts in the output)."""
+        raise NotImplementedError
+
+    def stream_chunk(
+        self,
+        rid: str,
+        created: int,
+        *,
+        text: str,
+        finish: FinishReason | None,
+        steps: Sequence[StepRecord],
+        offset: int,
+        n_logprobs: int | None,
+        unite: StreamUnite | None,
+    ) -> StreamResponse:
+        """One chunk of the stream (see :meth:`stream_choice`)."""
+        choice = self.stream_choice(text, finish, steps, offset, n_logprobs)
+        return self.stream_type(id=rid, created=created, model=self.model_name, choices=[choice], unite=unite)
+
+    def streaming(self, job: Job, req: _Common, n_logprobs: int | None) -> StreamingResponse:
+        return StreamingResponse(
+            self.event_stream(job, req, n_logprobs),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def event_stream(self, job: Job, req: _Common, n_logprobs: int | None) -> AsyncIterator[str]:
+        """Server-sent events for one job; closing it (client gone) cancels the job.
+
+        Each chunk carries the text made safe to show by the steps since the previous chunk
+        (a step may add none: a partial UTF-8 character, the END step); the last one has the
+        finish reason, then the usage chunk if asked for, then ``[DONE]``.  A worker error
+        becomes an error event in OpenAI's schema, followed by ``[DONE]``."""
+        rid = new_id(self.id_prefix)
+        created = int(time.time())
+        opts = req.unite or UniteOptions()
+        pending: list[StepRecord] = []
+        sent_index = -1
+        offset = 0
+        getter: list[asyncio.Task[JobEvent]] = []
+
+        def chunk(text: str, out: GenerationOutput | None = None) -> StreamResponse:
+            nonlocal offset
+            unite = None
+            if opts.wanted:
+                steps = [step_json(s, opts) for s in pending]
+                if out is None:
+                    unite = StreamUnite(steps=steps)
+                else:  # the last chunk: also what a plain response's unite block has
+                    unite = StreamUnite(
+                        steps=steps, members=self.ensemble.names, prompt_tokens=out.prompt_tokens, timing=asdict(out.timing)
+                    )
+            body = self.stream_chunk(
+                rid,
+                created,
+                text=text,
+                finish=FinishReason(out.finish_reason) if out is not None else None,
+                steps=pending,
+                offset=offset,
+                n_logprobs=n_logprobs,
+                unite=unite,
+            )
+            offset += len(text)
+            pending.clear()
+            return body
+
+        try:
+            for first in self.opening(rid, created):
+                yield sse(first)
+            while True:
+                event = await next_event(job, None, getter)
+                if isinstance(event, ErrorEvent):
+                    yield sse(api_error(event.error).body())
+                    break
+                if isinstance(event, DoneEvent):
+                    break
+                piece = event.chunk
+                if piece.output is None:
+                    assert piece.step is not None
+                    pending.append(piece.step)
+                    sent_index = piece.step.index
+                    if piece.text:
+                        yield sse(chunk(piece.text))
+                    continue
+                out = piece.output
+                pending.extend(s for s in out.steps if s.index > sent_index)
+                yield sse(chunk(piece.text, out))
+                if req.stream_options is not None and req.stream_options.include_usage:
+                    yield sse(self.stream_type(id=rid, created=created, model=self.model_name, choices=[], usage=usage_of([out])))
+            yield sse("[DONE]")
+        finally:
+            job.cancel()  # no-op once finished; frees the worker when the client went away
+            for t in getter:
+                t.cancel()
+
+
+class CompletionBodies(GenerationBodies):
+    """``/v1/completions``: a :class:`CompletionResponse`, or chunks of :class:`CompletionStreamResponse`."""
+
+    id_prefix = "cmpl"
+    stream_type = CompletionStreamResponse
+
+    def response(
+        self,
+        outputs: Sequence[GenerationOutput],
+        req: CompletionRequest,
+        echoes: Sequence[tuple[bytes, PromptLogprobs]] | None = None,
+    ) -> CompletionResponse:
+        n_top = req.logprobs
+        pieces = reference_member(self.ensemble).vocab.pieces
+        choices = []
+        for i, o in enumerate(outputs):
+            prompt_text = echoes[i][0].decode("utf-8", errors="replace") if echoes is not None else ""
+            text = prompt_text + o.text
+            logprobs = completion_logprobs(o.steps, n_top, offset=len(prompt_text)) if n_top is not None else None
+            if echoes is not None and logprobs is not None:
+                logprobs = join_logprobs(echo_logprobs(echoes[i][1], pieces, n_top or 0), logprobs)
+            choices.append(
+                CompletionResponseChoice(index=i, text=text, logprobs=logprobs, finish_reason=FinishReason(o.finish_reason))
+            )
+        return CompletionResponse(
+            id=new_id(self.id_prefix),
+            created=int(time.time()),
+            model=self.model_name,
+            choices=choices,
+            usage=usage_of(outputs),
+            unite=self.unite_block(outputs, req.unite or UniteOptions()),
+        )
+
+    def stream_choice(
+        self, text: str, finish: FinishReason | None, steps: Sequence[StepRecord], offset: int, n_logprobs: int | None
+    ) -> CompletionResponseChoice:
+        return CompletionResponseChoice(
+            index=0,
+            text=text,
+            logprobs=completion_logprobs(steps, n_logprobs or 0, offset) if n_logprobs is not None else None,
+            finish_reason=finish,
+        )
+
+
+class ChatBodies(GenerationBodies):
+    """``/v1/chat/completions``: a :class:`ChatCompletionResponse`, or a role chunk then chunks of
+    :class:`ChatCompletionStreamResponse`."""
+
+    id_prefix = "chatcmpl"
+    stream_type = ChatCompletionStreamResponse
+
+    def response(self, output: GenerationOutput, req: ChatCompletionRequest, n_logprobs: int | None) -> ChatCompletionResponse:
+        return ChatCompletionResponse(
+            id=new_id(self.id_prefix),
+            created=int(time.time()),
+            model=self.model_name,
+            choices=[
+                ChatCompletionResponseChoice(
+                    index=0,
+                    message=ChatMessageOut(content=output.text),
+                    logprobs=chat_logprobs(output.steps, n_logprobs or 0) if n_logprobs is not None else None,
+                    finish_reason=FinishReason(output.finish_reason),
+                )
+            ],
+            usage=usage_of([output]),
+            unite=self.unite_block([output], req.unite or UniteOptions()),
+        )
+
+    def opening(self, rid: str, created: int) -> list[StreamResponse]:
+        role = ChatCompletionStreamChoice(index=0, delta=DeltaMessage(role="assistant", content=""))
+        return [ChatCompletionStreamResponse(id=rid, created=created, model=self.model_name, choices=[role])]
+
+    def stream_choice(
+        self, text: str, finish: FinishReason | None, steps: Sequence[StepRecord], offset: int, n_logprobs: int | None
+    ) -> ChatCompletionStreamChoice:
+        return ChatCompletionStreamChoice(
+            index=0,
+            delta=DeltaMessage(content=text if text or finish is None else None),
+            logprobs=chat_logprobs(steps, n_logprobs or 0) if n_logprobs is not None else None,
+            finish_reason=finish,
+        )
+
+
+class TokenizerBodies(Bodies):
+    """vLLM's tokenizer routes (``/tokenize``, ``/detokenize``, ``/tokenizer_info``), in the
+    reference member's tokens (the primary, else the first member)."""
+
+    def detokenize_ids(self, ids: Sequence[int], param: str) -> bytes:
+        """Token ids of the reference member as the bytes they spell (400 for an id out of range)."""
+        ref = reference_member(self.ensemble)
+        n = len(ref.vocab)
+        bad = [t for t in ids if not 0 <= t < n]
+        if bad:
+            raise APIError(400, f"token id {bad[0]} is out of range for {ref.name}'s vocabulary (0..{n - 1})", param=param)
+        if not ids:
+            raise APIError(400, "a token-id prompt must not be empty", param=param)
+        text = ref.vocab.decode(ids)
+        if not text and param == "prompt":
+            raise APIError(
+                400,
+                f"the token ids {list(ids)[:8]}{' ...' if len(ids) > 8 else ''} are all control tokens of {ref.name} "
+                "(BOS, EOS, chat markers), which spell no text: give a prompt with text in it",
+                param=param,
+            )
+        return text
+
+    def tokenize(self, req: TokenizeRequest) -> TokenizeResponse:
+        """``POST /tokenize``: the prompt in the reference member's tokens (special tokens parsed)."""
+        self.check_model(req.model)
+        ref = reference_member(self.ensemble)
+        data = as_utf8(req.prompt, "prompt")
+        if req.add_special_tokens:
+            ids = list(context_track(ref, data).tokens)
+        else:
+            ids = ref.tokenize(data, add_bos=False, special=True) if data else []
+        pieces = ref.vocab.pieces
+        return TokenizeResponse(
+            count=len(ids),
+            max_model_len=min(m.n_ctx for m in self.ensemble.members),
+            tokens=ids,
+            token_strs=[pieces[t].decode("utf-8", errors="replace") for t in ids],
+        )
+
+    def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
+        """``POST /detokenize``: what the reference member's tokens spell."""
+        self.check_model(req.model)
+        if not req.tokens:
+            return DetokenizeResponse(prompt="")
+        return DetokenizeResponse(prompt=self.detokenize_ids(req.tokens, "tokens").decode("utf-8", errors="replace"))
+
+    def info(self) -> dict[str, Any]:
+        """``GET /tokenizer_info``: the reference member's special tokens and chat template."""
+        ref = reference_member(self.ensemble)
+        return {
+            "tokenizer_class": f"unite:{ref.name}",
+            "member": ref.name,
+            "bos_token": ref.bos_text or None,
+            "eos_token": ref.eos_text or None,
+            "pad_token": None,
+            "chat_template": ref.chat_template,
+            "model_max_length": min(m.n_ctx for m in self.ensemble.members),
+            "vocab_size": len(ref.vocab),
+        }
 
 
 # -- the serving class -----------------------------------------------------------------
@@ -322,6 +617,9 @@ class OpenAIServing:
             raise InvalidConfigError(f"generation defaults {', '.join(sorted(unknown))}: not request settings")
         self.defaults = dict(defaults or {})
         self.created = int(time.time())
+        self.completions = CompletionBodies(ensemble, model_name)
+        self.chats = ChatBodies(ensemble, model_name)
+        self.tokenizer = TokenizerBodies(ensemble, model_name)
 
     # -- models and health ---------------------------------------------------------------
 
@@ -387,26 +685,7 @@ class OpenAIServing:
             raise APIError(400, "prompt must not be an empty list", param="prompt")
         if req.stream and len(entries) > 1:
             raise APIError(400, "stream=true takes one prompt, not a list", param="prompt")
-        return [(e, None) if isinstance(e, str) else (self.detokenize_ids(e, "prompt"), e) for e in entries]
-
-    def detokenize_ids(self, ids: Sequence[int], param: str) -> bytes:
-        """Token ids of the reference member as the bytes they spell (400 for an id out of range)."""
-        ref = reference_member(self.ensemble)
-        n = len(ref.vocab)
-        bad = [t for t in ids if not 0 <= t < n]
-        if bad:
-            raise APIError(400, f"token id {bad[0]} is out of range for {ref.name}'s vocabulary (0..{n - 1})", param=param)
-        if not ids:
-            raise APIError(400, "a token-id prompt must not be empty", param=param)
-        text = ref.vocab.decode(ids)
-        if not text and param == "prompt":
-            raise APIError(
-                400,
-                f"the token ids {list(ids)[:8]}{' ...' if len(ids) > 8 else ''} are all control tokens of {ref.name} "
-                "(BOS, EOS, chat markers), which spell no text: give a prompt with text in it",
-                param=param,
-            )
-        return text
+        return [(e, None) if isinstance(e, str) else (self.tokenizer.detokenize_ids(e, "prompt"), e) for e in entries]
 
     def check_chat(self, req: ChatCompletionRequest) -> None:
         self.check_common(req)
@@ -478,7 +757,7 @@ class OpenAIServing:
             await run_in_threadpool(self.prompt_tokens, p, False, req.max_tokens, "prompt")
         jobs = self.submit(prompts, config, chat=False)
         if req.stream:
-            return self.streaming(jobs[0], req, chat=False, n_logprobs=req.logprobs)
+            return self.completions.streaming(jobs[0], req, req.logprobs)
         outputs = await collect_all(jobs, request)
         if outputs is None:
             return Response(status_code=499)
@@ -486,7 +765,7 @@ class OpenAIServing:
         if req.echo:
             n_top = req.logprobs or 0
             echoes = [await run_in_threadpool(self.echo, p, ids, n_top) for p, ids in entries]
-        return JSONResponse(self.completion_response(outputs, req, echoes).model_dump())
+        return JSONResponse(self.completions.response(outputs, req, echoes).model_dump())
 
     def echo(self, prompt: Prompt, ids: list[int] | None, n_top: int) -> tuple[bytes, PromptLogprobs]:
         """The prompt's bytes and its per-token log-probabilities in the reference member's tokens."""
@@ -499,50 +778,6 @@ class OpenAIServing:
         except ContextLengthError as err:
             raise APIError(400, str(err), param="prompt", code="context_length_exceeded") from None
 
-    # -- the tokenizer (vLLM's routes) ---------------------------------------------------
-
-    def check_model(self, model: str | None) -> None:
-        if model is not None and model != self.model_name:
-            raise model_not_found(model, self.model_name)
-
-    def tokenize(self, req: TokenizeRequest) -> TokenizeResponse:
-        """``POST /tokenize``: the prompt in the reference member's tokens (special tokens parsed)."""
-        self.check_model(req.model)
-        ref = reference_member(self.ensemble)
-        data = as_utf8(req.prompt, "prompt")
-        if req.add_special_tokens:
-            ids = list(context_track(ref, data).tokens)
-        else:
-            ids = ref.tokenize(data, add_bos=False, special=True) if data else []
-        pieces = ref.vocab.pieces
-        return TokenizeResponse(
-            count=len(ids),
-            max_model_len=min(m.n_ctx for m in self.ensemble.members),
-            tokens=ids,
-            token_strs=[pieces[t].decode("utf-8", errors="replace") for t in ids],
-        )
-
-    def detokenize(self, req: DetokenizeRequest) -> DetokenizeResponse:
-        """``POST /detokenize``: what the reference member's tokens spell."""
-        self.check_model(req.model)
-        if not req.tokens:
-            return DetokenizeResponse(prompt="")
-        return DetokenizeResponse(prompt=self.detokenize_ids(req.tokens, "tokens").decode("utf-8", errors="replace"))
-
-    def tokenizer_info(self) -> dict[str, Any]:
-        """``GET /tokenizer_info``: the reference member's special tokens and chat template."""
-        ref = reference_member(self.ensemble)
-        return {
-            "tokenizer_class": f"unite:{ref.name}",
-            "member": ref.name,
-            "bos_token": ref.bos_text or None,
-            "eos_token": ref.eos_text or None,
-            "pad_token": None,
-            "chat_template": ref.chat_template,
-            "model_max_length": min(m.n_ctx for m in self.ensemble.members),
-            "vocab_size": len(ref.vocab),
-        }
-
     async def create_chat_completion(self, req: ChatCompletionRequest, request: Request) -> Response:
         """``POST /v1/chat/completions``: a :class:`ChatCompletionResponse`, or a stream of chunks."""
         self.check_chat(req)
@@ -553,196 +788,8 @@ class OpenAIServing:
         (job,) = self.submit([messages], config, chat=True)
         n_logprobs = (req.top_logprobs or 0) if req.logprobs else None
         if req.stream:
-            return self.streaming(job, req, chat=True, n_logprobs=n_logprobs)
+            return self.chats.streaming(job, req, n_logprobs)
         outputs = await collect_all([job], request)
         if outputs is None:
             return Response(status_code=499)
-        return JSONResponse(self.chat_response(outputs[0], req, n_logprobs).model_dump())
-
-    # -- plain bodies --------------------------------------------------------------------
-
-    def unite_block(self, outputs: Sequence[GenerationOutput], opts: UniteOptions) -> UniteBlock | None:
-        """The ``unite`` extra of a plain response; None unless the request asked for it."""
-        if not opts.wanted:
-            return None
-        return UniteBlock(
-            members=self.ensemble.names,
-            weights=[float(w) for w in self.ensemble.weights],
-            choices=[
-                UniteChoice(
-                    index=i, prompt_tokens=o.prompt_tokens, steps=[step_json(s, opts) for s in o.steps], timing=asdict(o.timing)
-                )
-                for i, o in enumerate(outputs)
-            ],
-        )
-
-    def completion_response(
-        self,
-        outputs: Sequence[GenerationOutput],
-        req: CompletionRequest,
-        echoes: Sequence[tuple[bytes, PromptLogprobs]] | None = None,
-    ) -> CompletionResponse:
-        n_top = req.logprobs
-        pieces = reference_member(self.ensemble).vocab.pieces
-        choices = []
-        for i, o in enumerate(outputs):
-            prompt_text = echoes[i][0].decode("utf-8", errors="replace") if echoes is not None else ""
-            text = prompt_text + o.text
-            logprobs = completion_logprobs(o.steps, n_top, offset=len(prompt_text)) if n_top is not None else None
-            if echoes is not None and logprobs is not None:
-                logprobs = join_logprobs(echo_logprobs(echoes[i][1], pieces, n_top or 0), logprobs)
-            choices.append(
-                CompletionResponseChoice(index=i, text=text, logprobs=logprobs, finish_reason=FinishReason(o.finish_reason))
-            )
-        return CompletionResponse(
-            id=new_id("cmpl"),
-            created=int(time.time()),
-            model=self.model_name,
-            choices=choices,
-            usage=usage_of(outputs),
-            unite=self.unite_block(outputs, req.unite or UniteOptions()),
-        )
-
-    def chat_response(
-        self, output: GenerationOutput, req: ChatCompletionRequest, n_logprobs: int | None
-    ) -> ChatCompletionResponse:
-        return ChatCompletionResponse(
-            id=new_id("chatcmpl"),
-            created=int(time.time()),
-            model=self.model_name,
-            choices=[
-                ChatCompletionResponseChoice(
-                    index=0,
-                    message=ChatMessageOut(content=output.text),
-                    logprobs=chat_logprobs(output.steps, n_logprobs or 0) if n_logprobs is not None else None,
-                    finish_reason=FinishReason(output.finish_reason),
-                )
-            ],
-            usage=usage_of([output]),
-            unite=self.unite_block([output], req.unite or UniteOptions()),
-        )
-
-    # -- streams -------------------------------------------------------------------------
-
-    def streaming(self, job: Job, req: _Common, *, chat: bool, n_logprobs: int | None) -> StreamingResponse:
-        return StreamingResponse(
-            self.event_stream(job, req, chat=chat, n_logprobs=n_logprobs),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-
-    def stream_chunk(
-        self,
-        rid: str,
-        created: int,
-        *,
-        chat: bool,
-        text: str,
-        finish: FinishReason | None,
-        steps: Sequence[StepRecord],
-        offset: int,
-        n_logprobs: int | None,
-        unite: StreamUnite | None,
-    ) -> StreamResponse:
-        """One chunk: ``text`` with the logprobs of ``steps`` (those behind it since the last chunk)."""
-        if chat:
-            return ChatCompletionStreamResponse(
-                id=rid,
-                created=created,
-                model=self.model_name,
-                choices=[
-                    ChatCompletionStreamChoice(
-                        index=0,
-                        delta=DeltaMessage(content=text if text or finish is None else None),
-                        logprobs=chat_logprobs(steps, n_logprobs or 0) if n_logprobs is not None else None,
-                        finish_reason=finish,
-                    )
-                ],
-                unite=unite,
-            )
-        return CompletionStreamResponse(
-            id=rid,
-            created=created,
-            model=self.model_name,
-            choices=[
-                CompletionResponseChoice(
-                    index=0,
-                    text=text,
-                    logprobs=completion_logprobs(steps, n_logprobs or 0, offset) if n_logprobs is not None else None,
-                    finish_reason=finish,
-                )
-            ],
-            unite=unite,
-        )
-
-    async def event_stream(self, job: Job, req: _Common, *, chat: bool, n_logprobs: int | None) -> AsyncIterator[str]:
-        """Server-sent events for one job; closing it (client gone) cancels the job.
-
-        Each chunk carries the text made safe to show by the steps since the previous chunk
-        (a step may add none: a partial UTF-8 character, the END step); the last one has the
-        finish reason, then the usage chunk if asked for, then ``[DONE]``.  A worker error
-        becomes an error event in OpenAI's schema, followed by ``[DONE]``."""
-        rid = new_id("chatcmpl" if chat else "cmpl")
-        created = int(time.time())
-        opts = req.unite or UniteOptions()
-        pending: list[StepRecord] = []
-        sent_index = -1
-        offset = 0
-        getter: list[asyncio.Task[Any]] = []
-
-        def chunk(text: str, out: GenerationOutput | None = None) -> StreamResponse:
-            nonlocal offset
-            unite = None
-            if opts.wanted:
-                steps = [step_json(s, opts) for s in pending]
-                if out is None:
-                    unite = StreamUnite(steps=steps)
-                else:  # the last chunk: also what a plain response's unite block has
-                    unite = StreamUnite(
-                        steps=steps, members=self.ensemble.names, prompt_tokens=out.prompt_tokens, timing=asdict(out.timing)
-                    )
-            body = self.stream_chunk(
-                rid,
-                created,
-                chat=chat,
-                text=text,
-                finish=FinishReason(out.finish_reason) if out is not None else None,
-                steps=pending,
-                offset=offset,
-                n_logprobs=n_logprobs,
-                unite=unite,
-            )
-            offset += len(text)
-            pending.clear()
-            return body
-
-        try:
-            if chat:
-                role = ChatCompletionStreamChoice(index=0, delta=DeltaMessage(role="assistant", content=""))
-                yield sse(ChatCompletionStreamResponse(id=rid, created=created, model=self.model_name, choices=[role]))
-            while True:
-                kind, payload = await next_event(job, None, getter)
-                if kind == "error":
-                    yield sse(api_error(payload).body())
-                    break
-                if kind == "done":
-                    break
-                piece: StreamChunk = payload
-                if piece.output is None:
-                    assert piece.step is not None
-                    pending.append(piece.step)
-                    sent_index = piece.step.index
-                    if piece.text:
-                        yield sse(chunk(piece.text))
-                    continue
-                out = piece.output
-                pending.extend(s for s in out.steps if s.index > sent_index)
-                yield sse(chunk(piece.text, out))
-                if req.stream_options is not None and req.stream_options.include_usage:
-                    cls: type[StreamResponse] = ChatCompletionStreamResponse if chat else CompletionStreamResponse
-                    yield sse(cls(id=rid, created=created, model=self.model_name, choices=[], usage=usage_of([out])))
-            yield sse("[DONE]")
-        finally:
-            job.cancel()  # no-op once finished; frees the worker when the client went away
-            for t in getter:
-                t.cancel()
+        return JSONResponse(self.chats.response(outputs[0], req, n_logprobs).model_dump())
