@@ -113,7 +113,12 @@ def main() -> None:
     raw: dict[str, list[float]] = {m.name: [] for m in members}
     steps: list[list[float]] = []
     unions: list[int] = []
-    base: Any = load_baseline(args.baseline).Ensemble(members, parallel=False) if args.baseline else None
+    base: Any = None
+    if args.baseline:
+        old = load_baseline(args.baseline)
+        # The method from the baseline's own module: the registry's entry points name this checkout's.
+        unite = importlib.import_module("unite_llm_baseline.methods.unite").UniTE(k=10)
+        base = old.Ensemble(members, parallel=False, method=unite)
     base_steps: list[float] = []
     texts: dict[str, str] = {}
     for rep in range(args.repeats):  # interleaved, so that machine noise hits all alike

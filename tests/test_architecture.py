@@ -147,3 +147,14 @@ def test_members_import_nothing_from_the_step_methods():
 def test_the_import_rule_checker_sees_a_function_body_import(tmp_path):
     tree = ast.parse("def f():\n    from ..methods.base import END\n")
     assert "unite_llm.methods.base" in _imports(tree, ["unite_llm", "members"])
+
+
+def test_only_the_engine_reads_the_ensembles_turn_owner():
+    """The ensemble's turn is read through ``Ensemble.in_turn()`` / ``exclusive()``: no other
+    module reaches into ``_owner``, and the server's worker keeps no second lock beside it."""
+    readers = set()
+    for path in sorted((SRC / PACKAGE).rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if any(isinstance(n, ast.Attribute) and n.attr == "_owner" for n in ast.walk(tree)):
+            readers.add(path.relative_to(SRC / PACKAGE).as_posix())
+    assert readers == {"engine.py"}

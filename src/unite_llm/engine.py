@@ -506,6 +506,10 @@ class Ensemble:
             outputs = {i: c.output for i, c in chunks if c.output is not None}
             return [outputs[i] for i in range(len(prompts))]
 
+    def in_turn(self) -> bool:
+        """Whether the calling thread holds this ensemble's turn (is inside :meth:`exclusive`)."""
+        return self._owner == threading.get_ident()
+
     @contextmanager
     def exclusive(self) -> Iterator[None]:
         """One generation at a time per ensemble: the members' KV caches and the step

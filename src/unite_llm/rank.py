@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,7 +102,7 @@ def rank_generate(
     Called by :meth:`Rank.generate` inside the ensemble's turn; called directly, it takes
     that turn itself, so no other generation steps the members meanwhile.
     """
-    if ensemble._owner != threading.get_ident():
+    if not ensemble.in_turn():
         with ensemble.exclusive():
             return rank_generate(ensemble, prompt, config, chat=chat, ranker=ranker)
     config = config or GenerationConfig()

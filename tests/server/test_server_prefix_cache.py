@@ -25,7 +25,7 @@ def test_shuffled_greedy_requests_give_one_text_per_prompt(server, nq_questions,
         reference = {p: complete(http, p) for p in prompts}  # the fixture's server starts every request cold
         texts: dict[str, set[str]] = {p: set() for p in prompts}
         rng = random.Random(20)
-        with server.app.state.scheduler.lock:
+        with ens.exclusive():  # between the worker's batches
             ens.prefix_cache = True
         try:
             for _ in range(2):
@@ -35,7 +35,7 @@ def test_shuffled_greedy_requests_give_one_text_per_prompt(server, nq_questions,
                     texts[p].add(complete(http, p))
         finally:
             server.wait_idle()
-            with server.app.state.scheduler.lock:
+            with ens.exclusive():
                 ens.prefix_cache = False
     differs = {p: sorted(t) for p, t in texts.items() if t != {reference[p]}}
     assert not differs, differs

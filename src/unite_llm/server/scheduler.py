@@ -223,8 +223,6 @@ class Scheduler:
         self._waiting: collections.deque[Job] = collections.deque()
         self._running: list[Job] = []
         self._cond = threading.Condition()
-        self.lock = threading.Lock()
-        """Held by the worker while it generates: take it to use the ensemble from another thread."""
         self._stop = False
         self._thread: threading.Thread | None = None
         self._rate_mark = (time.perf_counter(), 0)
@@ -353,8 +351,7 @@ class Scheduler:
     def _work(self) -> None:
         while (batch := self._take()) is not None:
             try:
-                with self.lock:
-                    self.runner.run(batch, self)
+                self.runner.run(batch, self)  # inside the ensemble's turn (Ensemble.exclusive)
             except Exception as err:  # a bug, or a user error found late: report it to every running job
                 if not _is_user_error(err):
                     log.exception("generation failed")
