@@ -43,6 +43,12 @@ def _read(path: Path) -> dict[str, dict[str, Any]]:
         return {str(r["id"]): r for r in map(json.loads, f) if "correct" in r}
 
 
+def _vs(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]], ids: list[str]) -> dict[str, Any]:
+    """``a`` minus ``b`` in points on ``ids``, with its paired 95 % bootstrap interval."""
+    diff, ci = paired_difference([a[i]["correct"] for i in ids], [b[i]["correct"] for i in ids])
+    return {"diff": diff, "ci95": ci}
+
+
 def generation_rows(runs: Path, baseline: Path) -> dict[str, Any]:
     """Each robust run in ``runs/<task>/`` against Qwen alone and plain UniTE on the same ids."""
     out: dict[str, Any] = {}
@@ -51,14 +57,15 @@ def generation_rows(runs: Path, baseline: Path) -> dict[str, Any]:
         # Qwen alone run beside the ensemble (same build, same threads) when there is one, else
         # the committed baseline run: llama.cpp's sums depend on the thread split, so a few
         # greedy answers differ between two runs of one model.
+        base_path, plain_path = baseline / task / f"{PRIMARY}.jsonl", baseline / task / f"{PLAIN}.jsonl"
         alone_path = task_dir / f"{PRIMARY}.jsonl"
         if not alone_path.is_file():
-            alone_path = baseline / task / f"{PRIMARY}.jsonl"
-        plain_path = baseline / task / f"{PLAIN}.jsonl"
+            alone_path = base_path
         if not alone_path.is_file():
             continue
         alone = _read(alone_path)
         plain = _read(plain_path) if plain_path.is_file() else {}
+        base = _read(base_path) if base_path != alone_path and base_path.is_file() else {}
         for path in sorted(task_dir.glob("unite_*.jsonl")):
             runs_ = _read(path)
             ids = [i for i in runs_ if i in alone and (not plain or i in plain)]
@@ -72,19 +79,14 @@ def generation_rows(runs: Path, baseline: Path) -> dict[str, Any]:
                 "ensembled": round(float(np.mean([runs_[i].get("ensembled", 1.0) for i in ids])), 3),
                 "time_s": round(float(np.mean([runs_[i]["time_s"] for i in ids])), 3),
                 "qwen_time_s": round(float(np.mean([alone[i]["time_s"] for i in ids])), 3),
+                "vs_qwen": _vs(runs_, alone, ids),
             }
-            diff, ci = paired_difference([runs_[i]["correct"] for i in ids], [alone[i]["correct"] for i in ids])
-            row["vs_qwen"] = {"diff": diff, "ci95": ci}
             if plain:
-                pdiff, pci = paired_difference([plain[i]["correct"] for i in ids], [alone[i]["correct"] for i in ids])
-                row["plain_vs_qwen"] = {"diff": pdiff, "ci95": pci}
+                row["plain_vs_qwen"] = _vs(plain, alone, ids)
                 row["same_as_plain"] = round(float(np.mean([runs_[i]["output"] == plain[i]["output"] for i in ids])), 3)
-            base_path = baseline / task / f"{PRIMARY}.jsonl"
-            if base_path != alone_path and base_path.is_file():
-                base = _read(base_path)
+            if base:
                 both = [i for i in ids if i in base]
-                bdiff, bci = paired_difference([runs_[i]["correct"] for i in both], [base[i]["correct"] for i in both])
-                row["vs_qwen_baseline"] = {"n": len(both), "diff": bdiff, "ci95": bci}
+                row["vs_qwen_baseline"] = {"n": len(both), **_vs(runs_, base, both)}
             row["same_as_qwen"] = round(float(np.mean([runs_[i]["output"] == alone[i]["output"] for i in ids])), 3)
             out[f"{task}/{path.stem}"] = row
     return out

@@ -406,7 +406,7 @@ class Ensemble:
         """Free the members (after a generation running in another thread has finished).
 
         Closing twice is harmless; any use after it raises ``RuntimeError``."""
-        if self._owner == threading.get_ident():  # this thread's own open stream: it cannot finish first
+        if self.in_turn():  # this thread's own open stream: it cannot finish first
             self._close()
             return
         with self._lock:

@@ -104,8 +104,8 @@ def _split(value: Any, what: str) -> list[str]:
 
 def _gate(value: Any) -> float | dict[str, Any] | bool | None:
     """``gate=0.2``, ``gate=margin=0.1`` or ``gate=off`` (lm-eval reads a bare number as a float)."""
-    if value is None or isinstance(value, bool):
-        return None if value is None else (None if value else False)
+    if value is None or isinstance(value, bool):  # lm-eval reads "false" as False: off, as "off"
+        return False if value is False else None
     return float(value) if isinstance(value, int | float) else parse_gate(str(value))
 
 

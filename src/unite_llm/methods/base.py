@@ -18,8 +18,6 @@ import numpy as np
 from ..candidates import END as END  # re-exported: the step methods name candidates from here
 from ..candidates import Candidate
 from ..candidates import candidate_text as candidate_text
-from ..mathops import logsumexp as logsumexp  # re-exported: the one implementation
-from ..mathops import softmax as softmax
 from ..scores import Scores, as_scores
 from ..vocab import ByteVocab
 

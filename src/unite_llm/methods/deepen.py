@@ -41,13 +41,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from ..candidates import candidate_of
 from ..errors import InvalidConfigError
 from ..mathops import softmax, softmax_rows_
 from ..members.base import can
 from ..scores import dense
 from ..vocab import ByteVocab
 from .base import END, Candidate, MemberScores, StepDistribution, StepMethod
-from .unite import candidate_of
 
 if TYPE_CHECKING:
     from ..members.base import Member

@@ -93,11 +93,6 @@ def member_log_scores(
     return out
 
 
-def member_log_score(member: MemberScores, cand: Candidate, in_top: bool, ignore_eos: bool) -> tuple[float, str]:
-    """One member's (unnormalised) log-probability of one candidate, and the rule used."""
-    return member_log_scores(member, [cand], {cand} if in_top else set(), ignore_eos)[0]
-
-
 def top_candidates(ids: Sequence[int], vocab: ByteVocab) -> list[Candidate]:
     """A member's top-k ids as candidates, best first."""
     return [candidate_of(int(t), vocab) for t in ids]
@@ -210,7 +205,6 @@ __all__ = [
     "candidate_ids",
     "candidate_of",
     "combine",
-    "member_log_score",
     "member_log_scores",
     "top_k_ids",
     "union",
