@@ -51,17 +51,17 @@ def run(ens: Ensemble, prompt: str, n: int) -> dict[str, list[float]]:
     for m in ens.members:
         m.times.clear()
     forward: list[float] = []
-    inner = ens._forward
+    inner = ens.engine.forward
 
-    def timed_forward(contexts):
+    def timed_forward(*args, **kwargs):
         t0 = time.perf_counter()
-        out = inner(contexts)
+        out = inner(*args, **kwargs)
         forward.append(time.perf_counter() - t0)
         return out
 
-    ens._forward = timed_forward
+    ens.engine.forward = timed_forward
     ens.generate(prompt, max_new_tokens=n, ignore_eos=True)
-    ens._forward = inner
+    ens.engine.forward = inner
     # Step 0 is the prompt (prefill); the rest are decode steps.
     return {"forward": forward[1:], **{m.name: m.times[1:] for m in ens.members}}
 

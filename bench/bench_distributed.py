@@ -141,7 +141,7 @@ def main() -> None:
     finally:
         for name, ens in ensembles.items():
             if name == "in-process-parallel":  # shares its members with the sequential one
-                ens._pool and ens._pool.shutdown()
+                ens.engine._pool and ens.engine._pool.shutdown()
             else:
                 ens.close()
         proc.terminate()

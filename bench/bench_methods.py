@@ -84,7 +84,7 @@ def child(method: str, tokens: int, n_prompts: int, n_ctx: int, threads: int) ->
     load_s = time.perf_counter() - t0
     rss_loaded = current_rss() / 2**20
     timed = TimedStep(ens.method)
-    ens.method = timed  # type: ignore[assignment]
+    ens.engine.method = timed  # type: ignore[assignment]
     row: dict = {"method": method, "members": ens.names, "load_s": load_s, "rss_after_load_mib": rss_loaded}
     runs = []
     try:
@@ -110,7 +110,7 @@ def child(method: str, tokens: int, n_prompts: int, n_ctx: int, threads: int) ->
     except UniteError as err:
         row["error"] = f"{type(err).__name__}: {err}"
     row["name"] = timed.inner.name  # type: ignore[attr-defined]
-    ens.method = timed.inner  # type: ignore[assignment]
+    ens.engine.method = timed.inner  # type: ignore[assignment]
     row["peak_rss_mib"] = peak_rss_mib()
     if runs:
         row["runs"] = runs

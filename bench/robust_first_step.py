@@ -63,7 +63,7 @@ def probe(task_name: str, out: Path, limit: int, threads: int) -> None:
                 start_sequence(m)
                 logits = np.array(m.next_logits(t.tokens), dtype=np.float32)
                 stats.append(top2(logits))
-                views.append(MemberScores(m.name, logits, m.vocab, ens._subtoken_fns[i]))
+                views.append(MemberScores(m.name, logits, m.vocab, ens.engine.subtoken_fns[i]))
             dist = method(views, np.array([0.5, 0.5]))
             rec: dict[str, Any] = {
                 "id": item.id,

@@ -17,16 +17,18 @@ import pytest
 
 from unite_llm.members.llama_cpp import LlamaCppMember
 
+from .tiers import forbid_models, model_fixture, set_tiers
+
+__all__ = ["forbid_models"]  # the fast tier's guard, autouse for every test
+
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("UNITE_DATASETS", ROOT.parent / "shared" / "datasets"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test not in the fast tier is slow, so ``pytest -m "not slow"`` runs the fast
-    tier alone (modules or tests opt in with ``pytest.mark.fast``)."""
-    for item in items:
-        if item.get_closest_marker("fast") is None and item.get_closest_marker("slow") is None:
-            item.add_marker(pytest.mark.slow)
+    """A test that uses a model fixture is slow (:mod:`tests.tiers`); ``pytest -m "not slow"``
+    runs the rest, the fast tier."""
+    set_tiers(items)
 
 
 def _member(alias: str):
@@ -35,22 +37,22 @@ def _member(alias: str):
     m.close()
 
 
-@pytest.fixture(scope="session")
+@model_fixture(scope="session")
 def smol() -> LlamaCppMember:
     yield from _member("smollm2-135m-instruct")
 
 
-@pytest.fixture(scope="session")
+@model_fixture(scope="session")
 def gemma() -> LlamaCppMember:
     yield from _member("gemma3-270m")
 
 
-@pytest.fixture(scope="session")
+@model_fixture(scope="session")
 def qwen05() -> LlamaCppMember:
     yield from _member("qwen2.5-coder-0.5b-instruct")
 
 
-@pytest.fixture(scope="session", params=["smol", "gemma"])
+@model_fixture(scope="session", params=["smol", "gemma"])
 def real_member(request) -> LlamaCppMember:
     return request.getfixturevalue(request.param)
 

@@ -5,10 +5,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
-pytestmark = pytest.mark.fast
-
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "unite_llm"
 
@@ -122,15 +118,15 @@ def test_no_step_method_imports_the_decode_loop():
 
 
 def test_the_decode_loop_exists_once():
-    """Only engine.py chooses candidates and checks stop strings (the two things every
-    copy of a loop does); any other caller goes through Ensemble."""
+    """Only the engine's batch module chooses candidates and checks stop strings (the two
+    things every copy of a loop does); any other caller goes through Ensemble."""
     callers = set()
     for path in (SRC / PACKAGE).rglob("*.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in {"choose", "StopStrings"}:
                 callers.add(path.relative_to(SRC / PACKAGE).as_posix())
-    assert callers == {"engine.py"}
+    assert callers == {"engine/batch.py"}
 
 
 def test_members_import_nothing_from_the_step_methods():
@@ -157,4 +153,37 @@ def test_only_the_engine_reads_the_ensembles_turn_owner():
         tree = ast.parse(path.read_text(encoding="utf-8"))
         if any(isinstance(n, ast.Attribute) and n.attr == "_owner" for n in ast.walk(tree)):
             readers.add(path.relative_to(SRC / PACKAGE).as_posix())
-    assert readers == {"engine.py"}
+    assert readers == {"engine/core.py"}
+
+
+def test_the_engine_probes_no_member_ability():
+    """Members declare their abilities (``MemberBase``, checked at load): nothing in
+    ``engine/`` asks an object what it has with ``getattr`` or ``hasattr``."""
+    probes = []
+    for path in sorted((SRC / PACKAGE / "engine").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in {"getattr", "hasattr"}:
+                probes.append(f"{path.name}:{node.lineno}")
+    assert probes == []
+
+
+def test_the_loop_drives_the_core_through_its_public_operations():
+    """``DecodeBatch`` and ``drive`` use the core through its public names only (``forward``,
+    ``step``, ``record``, ``append``, ...): no ``core._x`` or ``ensemble._x`` outside core.py."""
+    reached = []
+    for path in sorted((SRC / PACKAGE).rglob("*.py")):
+        if path.relative_to(SRC / PACKAGE).as_posix() == "engine/core.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and isinstance(node.value, ast.Attribute | ast.Name)
+                and (node.value.attr if isinstance(node.value, ast.Attribute) else node.value.id)
+                in {"core", "engine", "ensemble", "ens"}
+            ):
+                reached.append(f"{path.relative_to(SRC / PACKAGE).as_posix()}:{node.lineno} .{node.attr}")
+    assert reached == []

@@ -14,8 +14,6 @@ from unite_llm.methods.packllm import packllm_weights, prompt_log_ppl
 from unite_llm.rank import pick_best
 from unite_llm.vocab import ByteVocab
 
-pytestmark = pytest.mark.fast  # pure functions and toy vocabularies: no model
-
 # Member A: ids 0 "a", 1 "b", 2 "ab", 3 <control>, 4 <eos>
 VA = ByteVocab([b"a", b"b", b"ab", b"", b""], frozenset({4}))
 # Member B: ids 0 "b", 1 "c", 2 "c" (a duplicate), 3 "ab", 4 <eos>, 5 <eot>

@@ -26,6 +26,8 @@ pytest.importorskip("transformers")
 from unite_llm.errors import ModelNotFoundError
 from unite_llm.models import resolve_gguf
 
+from .tiers import model_fixture
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ["qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct", "gemma3-270m", "smollm2-135m-instruct"]
 ENSEMBLES = {
@@ -40,7 +42,7 @@ def positive(x: Any) -> bool:
     return isinstance(x, int | float) and math.isfinite(x) and x > 0
 
 
-@pytest.fixture(scope="module")
+@model_fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for alias in MODELS:
         try:

@@ -48,14 +48,12 @@ def write_config(folder: Path, **over) -> Path:
 # -- the rules, without a model --------------------------------------------------------------------
 
 
-@pytest.mark.fast
 def test_nothing_given_is_the_default_ensemble_with_its_gate():
     plan = plan_ensemble()
     assert plan.specs == EnsembleConfig.default().members
     assert plan.ensemble["gate"] == DEFAULT_SETTINGS["gate"] and plan.loading["gate"] == DEFAULT_SETTINGS["gate"]
 
 
-@pytest.mark.fast
 def test_members_alone_have_no_gate_and_off_clears_one(tmp_path: Path):
     assert plan_ensemble(members=[SMOL, GEMMA]).ensemble["gate"] is None
     assert plan_ensemble(gate=False).ensemble["gate"] is None  # --gate off on the default
@@ -66,7 +64,6 @@ def test_members_alone_have_no_gate_and_off_clears_one(tmp_path: Path):
     assert flags.ensemble["gate"] is None and flags.ensemble["weighting"] is None
 
 
-@pytest.mark.fast
 def test_the_weights_rule(tmp_path: Path):
     cfg = write_config(tmp_path)
     assert plan_ensemble(cfg).ensemble["weights"] == [0.7, 0.3]
@@ -75,7 +72,6 @@ def test_the_weights_rule(tmp_path: Path):
     assert plan_ensemble(cfg, members=[GEMMA, SMOL], weights=[1, 3]).ensemble["weights"] == [1, 3]
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize(
     ("over", "needle"),
     [
@@ -92,13 +88,11 @@ def test_model_free_settings_are_refused_before_anything_loads(over, needle):
         build_ensemble(members=[MISSING, "/nonexistent/other.gguf"], **over)
 
 
-@pytest.mark.fast
 def test_a_chat_template_for_no_member_is_refused_before_loading():
     with pytest.raises(InvalidConfigError, match="'nobody' is not a member"):
         build_ensemble(members=[MISSING], chat_templates={"nobody": "gemma"})
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize(
     ("block", "needle"),
     [
@@ -120,7 +114,6 @@ def test_a_bad_generation_block_is_one_line_naming_the_file_and_key(tmp_path: Pa
     assert result.exit_code == 2 and needle in result.output
 
 
-@pytest.mark.fast
 def test_the_generation_block_gives_defaults_that_flags_override(tmp_path: Path):
     cfg = EnsembleConfig.read(write_config(tmp_path, generation={"max_new_tokens": 4, "stop": ["\n"], "temperature": 0.5}))
     gen = cfg.generation_config()
@@ -144,6 +137,7 @@ def _settings(ens) -> dict:
     }
 
 
+@pytest.mark.slow  # loads a model itself
 def test_every_entry_point_builds_the_same_ensemble_from_one_config(tmp_path: Path):
     from unite_llm.lm_eval_model import UniteLM
 
@@ -162,6 +156,7 @@ def test_every_entry_point_builds_the_same_ensemble_from_one_config(tmp_path: Pa
         assert _settings(direct) == reference
 
 
+@pytest.mark.slow  # loads a model itself
 def test_eval_and_select_use_the_configs_settings(tmp_path: Path):
     task = write_task(tmp_path, rows=[{"country": "France", "capital": "Paris"}])
     path = write_config(tmp_path, generation={"max_new_tokens": 2})
@@ -187,6 +182,7 @@ def test_eval_and_select_use_the_configs_settings(tmp_path: Path):
         assert json.loads(meta.read_text())["gate"] == GATE
 
 
+@pytest.mark.slow  # loads a model itself
 def test_generate_applies_the_generation_block_and_flags_override_it(tmp_path: Path):
     path = write_config(tmp_path, members=[SMOL], weights=None, chat_templates={}, gate=None, weighting=[])
     path.write_text(path.read_text() + "generation: {max_new_tokens: 2, ignore_eos: true}\n", encoding="utf-8")
@@ -197,6 +193,7 @@ def test_generate_applies_the_generation_block_and_flags_override_it(tmp_path: P
     assert len(out["steps"]) == 3
 
 
+@pytest.mark.slow  # loads a model itself
 def test_lm_eval_batch_size_in_model_args_and_from_lm_eval():
     from lm_eval.api.registry import get_model
 
@@ -221,6 +218,7 @@ def test_lm_eval_batch_size_in_model_args_and_from_lm_eval():
         lm.close()
 
 
+@pytest.mark.slow  # loads a model itself
 def test_lm_eval_gate_and_weighting_in_model_args(tmp_path):
     """``gate=`` and ``weighting=`` as ``--gate``/``--weighting`` read them; ``off`` clears a config's."""
     from lm_eval.api.registry import get_model
@@ -253,7 +251,6 @@ def test_lm_eval_gate_and_weighting_in_model_args(tmp_path):
         cls.create_from_arg_string(f"members={SMOL},gate=loud", opts)
 
 
-@pytest.mark.fast
 def test_serve_applies_the_generation_block_where_a_request_sets_nothing():
     import inspect
 
@@ -274,6 +271,7 @@ def test_serve_applies_the_generation_block_where_a_request_sets_nothing():
     assert (tuple(gen.stop), gen.temperature) == (("x",), 0.7)  # what the request sends wins
 
 
+@pytest.mark.slow  # loads a model itself
 def test_the_python_evaluate_loads_through_the_builder(tmp_path: Path):
     from unite_llm.eval import evaluate
 

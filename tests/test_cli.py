@@ -20,6 +20,7 @@ def run(*args: str, stdin: bytes | None = None, timeout: float = 300) -> subproc
     return subprocess.run([*UNITE, *args], input=stdin, capture_output=True, timeout=timeout, env=env)
 
 
+@pytest.mark.slow  # loads a model itself
 def test_generate_json_has_text_steps_and_timing():
     proc = run("generate", "--json", "-n", "8", "--n-ctx", "512", "The capital of France is")
     assert proc.returncode == 0, proc.stderr.decode()
@@ -34,6 +35,7 @@ def test_generate_json_has_text_steps_and_timing():
     assert out["timing"]["steps"] == len(out["steps"])
 
 
+@pytest.mark.slow  # loads a model itself
 def test_generate_streams_plain_text_and_reads_stdin():
     proc = run("generate", "-n", "6", "--n-ctx", "512", "--stop", "\n", "-", stdin=b"2 + 2 =")
     assert proc.returncode == 0, proc.stderr.decode()
@@ -41,6 +43,7 @@ def test_generate_streams_plain_text_and_reads_stdin():
     assert b"Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # loads a model itself
 def test_explain_shows_the_whole_union():
     # --gate off: the default ensemble's gate would leave confident steps to the primary alone.
     proc = run("generate", "--json", "--explain", "-n", "2", "--n-ctx", "512", "--k", "3", "--gate", "off", "Hello")
@@ -64,6 +67,7 @@ def test_explain_shows_the_whole_union():
         (["generate", "--primary", "nobody", "hi"], 2, "primary 'nobody' is not a member"),
     ],
 )
+@pytest.mark.slow  # loads a model itself
 def test_user_errors_are_one_line_with_an_exit_code(args, code, message):
     proc = run(*args)
     err = proc.stderr.decode()
@@ -78,6 +82,7 @@ def test_invalid_utf8_prompt_is_rejected():
     assert "not valid UTF-8 (byte 0xE9 at offset 3)" in proc.stderr.decode()
 
 
+@pytest.mark.slow  # loads a model itself
 def test_config_file_drives_generate(tmp_path: Path):
     cfg = tmp_path / "ens.yaml"
     cfg.write_text("members: [smollm2-135m-instruct, gemma3-270m]\nweights: [0.7, 0.3]\nk: 5\n")
@@ -90,6 +95,7 @@ def test_config_file_drives_generate(tmp_path: Path):
     assert proc.returncode == 2 and "invalid config" in proc.stderr.decode()
 
 
+@pytest.mark.slow  # loads a model itself
 def test_same_seed_same_text_across_processes():
     args = ("generate", "--json", "-n", "10", "--n-ctx", "512", "--temperature", "0.9", "--seed", "42", "--ignore-eos", "I like")
     first, second = run(*args), run(*args)
@@ -97,6 +103,7 @@ def test_same_seed_same_text_across_processes():
     assert json.loads(first.stdout)["text"] == json.loads(second.stdout)["text"]
 
 
+@pytest.mark.slow  # loads a model itself
 def test_make_run_answers_the_default_question_coherently():
     # The README's first command, as a user runs it: the default ensemble (Qwen2.5-Coder-1.5B
     # + the base Gemma-3-270M) answers in question/answer form, neither echoing the question

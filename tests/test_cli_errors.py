@@ -126,7 +126,6 @@ def _argv(argv: list[str], folder: Path) -> list[str]:
     return [a.replace("@", f"{folder}/") for a in argv]
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize(("argv", "code", "needle"), UNITE, ids=[" ".join(c[0]) for c in UNITE])
 def test_unite_user_errors_are_one_error_line(files: Path, capsys, argv: list[str], code: int, needle: str) -> None:
     argv = _argv(argv, files)
@@ -174,10 +173,12 @@ LM_EVAL = [
 
 
 @pytest.mark.parametrize(("argv", "code", "needle"), LM_EVAL, ids=[" ".join(c[0]) for c in LM_EVAL])
+@pytest.mark.slow  # loads a model itself
 def test_unite_lm_eval_user_errors_are_one_error_line(files: Path, argv: list[str], code: int, needle: str) -> None:
     _lm_eval_case(files, argv, code, needle)
 
 
+@pytest.mark.slow  # loads a model itself
 def test_unite_lm_eval_unknown_task_is_one_error_line(files: Path) -> None:
     _lm_eval_case(files, ["--model", "unite", "--tasks", "nosuch_task"], 2, "nosuch_task")
 
@@ -190,6 +191,7 @@ def test_unite_lm_eval_unknown_task_is_one_error_line(files: Path) -> None:
         (["--out", "@afile"], 2, "not a folder"),
     ],
 )
+@pytest.mark.slow  # loads a model itself
 def test_eval_errors_found_after_one_small_model_loads(files: Path, capsys, argv: list[str], code: int, needle: str) -> None:
     """Slow tier: cli/eval.py checks these only after the members load (SmolLM2 alone here, so a second)."""
     full = _argv(

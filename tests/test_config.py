@@ -20,8 +20,6 @@ from unite_llm.members import load_member
 
 from .test_eval_tasks import alias_bomb
 
-pytestmark = pytest.mark.fast
-
 SELECTED = EnsembleConfig(
     members=["smollm2-135m-instruct", "gemma3-270m"],
     weights=[0.6, 0.4],

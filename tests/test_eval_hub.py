@@ -25,6 +25,8 @@ from unite_llm.eval.tasks import Task, default_datasets_dir
 
 DATA = default_datasets_dir()
 
+pytestmark = pytest.mark.slow  # builds a Hugging Face datasets cache in a subprocess first (~15 s)
+
 # Builds the hub cache from the shared copies, then prints every task's items as JSON.
 # It runs in a child process because `datasets` reads HF_HOME and HF_HUB_OFFLINE on import.
 CHILD = r"""
@@ -96,6 +98,7 @@ def _jsonl(rel: str) -> list[dict]:
     return [json.loads(line) for line in (DATA / rel).open(encoding="utf-8") if line.strip()]
 
 
+@pytest.mark.slow  # loads a model itself
 def test_arc_answer_keys_that_are_digits_become_letters(hub_items: dict) -> None:
     raw = _jsonl("arc/ai2_arc__ARC-Challenge__validation.jsonl")
     items = hub_items["arc_challenge"]
@@ -135,6 +138,7 @@ def test_piqa_integer_labels_become_letters(hub_items: dict) -> None:
 
 
 @pytest.mark.parametrize("name", ["lambada", "mmlu", "cmmlu"])
+@pytest.mark.slow  # loads a model itself
 def test_hub_items_equal_the_local_files_items(hub_items: dict, name: str) -> None:
     """Same records two ways (local copy vs hub cache): the same ids, prompts, golds and groups."""
     local = [[it.id, it.prompt, it.gold, it.group] for it in Task.load(name, datasets_dir=DATA).items()]

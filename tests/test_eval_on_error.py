@@ -17,8 +17,6 @@ from unite_llm.eval import evaluate_systems
 from unite_llm.eval.runner import read_results, single_system
 from unite_llm.eval.tasks import Task
 
-pytestmark = pytest.mark.fast
-
 ROWS = [("a", "the cat"), ("long", "the " * 200), ("b", "a dog")]
 TASK_YAML = """\
 name: words

@@ -79,6 +79,7 @@ def test_mmlu_prompt_is_few_shot_from_the_same_subject(datasets) -> None:
     assert item.prompt.count("\nAnswer:") == 6 and item.prompt.endswith("\nAnswer:")
 
 
+@pytest.mark.slow  # loads a model itself
 def test_task_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(InvalidConfigError, match="unknown task 'nope'"):
         Task.load("nope")

@@ -81,6 +81,7 @@ def _summary(out: Path) -> dict:
     return {k: row[k] for k in ("n", "correct", "accuracy", "ci95", "mean_tokens", "mean_chars", "empty_answers")}
 
 
+@pytest.mark.slow  # loads a model itself
 def test_sigkill_then_resume_gives_the_uninterrupted_summary(custom_task: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     full = tmp_path / "full"
@@ -126,6 +127,7 @@ def test_torn_last_line_is_dropped(tmp_path: Path) -> None:
     assert path.read_bytes() == b'{"id": "a", "correct": true}\n'  # cut so the next append starts a fresh line
 
 
+@pytest.mark.slow  # loads a model itself
 def test_changed_settings_are_refused(custom_task: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
@@ -138,6 +140,7 @@ def test_changed_settings_are_refused(custom_task: Path, tmp_path: Path) -> None
     assert "Traceback" not in again.stderr
 
 
+@pytest.mark.slow  # loads a model itself
 def test_changed_items_are_refused_and_overwrite_reruns_only_them(custom_task: Path, tmp_path: Path) -> None:
     """Finished lines are checked item by item: a changed gold is caught, a no-op spec edit is not."""
     out = tmp_path / "o"
@@ -172,6 +175,7 @@ def test_changed_items_are_refused_and_overwrite_reruns_only_them(custom_task: P
     assert after[kept] == first[kept]
 
 
+@pytest.mark.slow  # loads a model itself
 def test_batch_size_gives_the_same_answers_and_resumes_a_run_of_batch_one(custom_task: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     one, four = tmp_path / "one", tmp_path / "four"

@@ -13,8 +13,6 @@ from unite_llm.errors import InvalidConfigError
 from unite_llm.eval import scoring
 from unite_llm.eval.tasks import Task
 
-pytestmark = pytest.mark.fast  # no model: scoring of fixed strings
-
 GSM_CASES = [
     # (model output, gold from the data file, correct?)
     (

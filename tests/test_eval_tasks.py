@@ -22,8 +22,6 @@ from unite_llm.eval.runner import System
 from unite_llm.eval.tasks import Task
 from unite_llm.select import run_selection
 
-pytestmark = pytest.mark.fast
-
 TASK = {
     "name": "capitals",
     "data": [{"path": "capitals.jsonl"}],

@@ -22,6 +22,8 @@ from unite_llm.members import batch_rows, supports_batch
 from unite_llm.members.llama_cpp import PREFILL_CHUNK, LlamaCppMember, prompt_plan
 from unite_llm.sampling import GenerationConfig
 
+from .tiers import model_fixture
+
 ROUNDING_TV = 0.15
 
 CONFIDENT = [
@@ -39,14 +41,14 @@ def tv(a: np.ndarray, b: np.ndarray) -> float:
     return 0.5 * float(np.abs(pa / pa.sum() - pb / pb.sum()).sum())
 
 
-@pytest.fixture(scope="module")
+@model_fixture(scope="module")
 def gemma4() -> Iterator[LlamaCppMember]:
     m = LlamaCppMember("gemma3-270m", n_ctx=1024, n_threads=1, n_seq=4)
     yield m
     m.close()
 
 
-@pytest.fixture(scope="module")
+@model_fixture(scope="module")
 def smol4() -> Iterator[LlamaCppMember]:
     m = LlamaCppMember("smollm2-135m-instruct", n_ctx=1024, n_threads=1, n_seq=4)
     yield m
@@ -68,6 +70,7 @@ def by_the_plan(m: LlamaCppMember, name: int, ctx: list[int]) -> np.ndarray:
 
 
 @pytest.mark.parametrize("fixture", ["smol4", "gemma4"])
+@pytest.mark.slow  # loads a model itself
 def test_a_row_decoded_as_the_single_sequence_is_bit_identical(fixture: str, request: pytest.FixtureRequest) -> None:
     """The batch's own bookkeeping adds nothing to the rounding: where a row's tokens reach
     ``llama_decode`` in the single sequence's groups, in a batch context holding no other
@@ -144,7 +147,7 @@ def test_rows_finish_at_different_steps_join_a_running_batch_and_leave_when_canc
     assert ens.max_batch == 4
     alone = {p: ens.generate(p, max_new_tokens=6).text for p in CONFIDENT}
     with ens.exclusive():
-        batch = DecodeBatch(ens, batched=True)
+        batch = DecodeBatch(ens.engine, batched=True)
         short = batch.add(ens.start_tracks(CONFIDENT[0], chat=False), GenerationConfig(max_new_tokens=3))
         cancelled = batch.add(ens.start_tracks(CONFIDENT[1], chat=False), GenerationConfig(max_new_tokens=30))
         full = batch.add(ens.start_tracks(CONFIDENT[2], chat=False), GenerationConfig(max_new_tokens=6))
@@ -186,7 +189,7 @@ def test_generate_batch_on_llama_cpp_members_decodes_together(smol4: LlamaCppMem
 def test_rows_with_and_without_ignore_eos_step_in_one_batch(smol4: LlamaCppMember, gemma4: LlamaCppMember) -> None:
     ens = Ensemble([smol4, gemma4])
     with ens.exclusive():
-        batch = DecodeBatch(ens, batched=True)
+        batch = DecodeBatch(ens.engine, batched=True)
         forced = batch.add(ens.start_tracks("Hello", chat=False), GenerationConfig(max_new_tokens=5, ignore_eos=True))
         plain = batch.add(ens.start_tracks(CONFIDENT[0], chat=False), GenerationConfig(max_new_tokens=5))
         outputs = {}

@@ -45,6 +45,8 @@ from unite_llm.members.llama_cpp import LlamaCppMember
 from unite_llm.models import resolve_gguf
 from unite_llm.vocab import incomplete_utf8_tail
 
+from .tiers import model_fixture
+
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ROOT / "tests" / "data" / "lm_eval"
 ALIASES = {"smol": "smollm2-135m-instruct", "gemma": "gemma3-270m"}
@@ -127,7 +129,7 @@ class Reference:
         self.llm.close()
 
 
-@pytest.fixture(scope="module")
+@model_fixture(scope="module")
 def reference(request):
     made: dict[str, Reference] = {}
 
@@ -277,6 +279,7 @@ def test_model_args_are_checked_before_loading() -> None:
         UniteLM(members="smollm2-135m-instruct", batch_size="many")
 
 
+@pytest.mark.slow  # loads a model itself
 def test_model_args_from_a_config_file(tmp_path) -> None:
     """``config=FILE`` (as ``unite select --write`` writes it); the arguments given override it."""
     path = tmp_path / "picked.yaml"
@@ -359,6 +362,7 @@ def test_lm_eval_generate_until_in_process(pair) -> None:
     assert 0.0 <= results["results"]["unite_gen"]["exact_match,strip"] <= 1.0
 
 
+@pytest.mark.slow  # loads a model itself
 def test_registry_and_model_args_string() -> None:
     """``--model unite --model_args ...`` as lm-eval parses them (a member loaded from its alias)."""
     assert get_model("unite") is UniteLM
@@ -369,6 +373,7 @@ def test_registry_and_model_args_string() -> None:
     assert results["config"]["model"] == "unite"
 
 
+@pytest.mark.slow  # loads a model itself
 def test_lm_eval_command_line(tmp_path) -> None:
     """``python -m unite_llm.lm_eval_model`` is lm-eval's own command line with ``unite`` registered."""
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=str(tmp_path / "hf"))

@@ -15,8 +15,6 @@ from types import ModuleType
 
 import pytest
 
-pytestmark = pytest.mark.fast
-
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "lm_eval"
 

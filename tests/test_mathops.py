@@ -6,14 +6,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from unite_llm import mathops
-
-pytestmark = pytest.mark.fast
 
 finite = st.floats(-60.0, 60.0, allow_nan=False, allow_infinity=False, width=64)
 vectors = hnp.arrays(np.float64, st.integers(1, 40), elements=finite)

@@ -10,8 +10,6 @@ from unite_llm.errors import ContextLengthError
 from unite_llm.members import HOOKS, MemberBase, abilities, can, check_abilities, check_context
 from unite_llm.members.base import reset_cache, start_sequence
 
-pytestmark = pytest.mark.fast
-
 
 class Declared(FakeMember, MemberBase):
     abilities = frozenset({"reset"})

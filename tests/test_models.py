@@ -127,6 +127,7 @@ def test_instruct_models_keep_their_own_templates(smol, qwen05):
         assert m.vocab.decode(start_track(m, "Hi!", chat=True).tokens).endswith(b"user\nHi!\nassistant\n")
 
 
+@pytest.mark.slow  # loads a model itself
 def test_cli_refuses_chat_with_a_base_member_and_forcing_works():
     proc = subprocess.run(
         [*UNITE, "generate", "--chat", "-m", "gemma3-270m", "-n", "2", "Hi"], capture_output=True, text=True, timeout=300

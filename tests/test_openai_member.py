@@ -20,6 +20,8 @@ from unite_llm.errors import InvalidConfigError, ModelNotFoundError
 from unite_llm.members import load_member
 from unite_llm.models import resolve_gguf
 
+from .tiers import model_fixture
+
 PROMPT = "The capital of France is"
 ALIAS = "smol-served"
 
@@ -30,7 +32,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@model_fixture(scope="module")
 def server(tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "llama_cpp_server.log"

@@ -10,8 +10,6 @@ from tests.fakes import FakeMember
 from unite_llm.engine import Ensemble
 from unite_llm.errors import InvalidInputError
 
-pytestmark = pytest.mark.fast
-
 TEMPLATE = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:"
 
 

@@ -14,10 +14,12 @@ from unite_llm.errors import InvalidConfigError, ModelNotFoundError
 from unite_llm.members.ray_member import RayMember, parse_spec
 from unite_llm.prompts import chat_template_source
 
+from .tiers import model_fixture
+
 PROMPT = "The capital of France is"
 
 
-@pytest.fixture(scope="session")
+@model_fixture(scope="session")
 def ray_cluster():
     from unite_llm.members.ray_member import connect
 

@@ -11,8 +11,6 @@ import pytest
 from unite_llm.errors import InvalidConfigError, UniteError
 from unite_llm.sampling import GenerationConfig
 
-pytestmark = pytest.mark.fast
-
 XFF = b"\xff".decode("utf-8", "surrogateescape")  # what argv holds for the byte 0xFF
 
 

@@ -18,6 +18,7 @@ from .test_eval_resume import CAPITALS, TASK_YAML
 UNITE = [sys.executable, "-c", "from unite_llm.cli import main; main()"]
 
 
+@pytest.mark.slow  # loads a model itself
 def test_select_writes_a_config_that_generate_runs(tmp_path: Path) -> None:
     (tmp_path / "capitals.jsonl").write_text("".join(json.dumps({"country": c, "capital": k}) + "\n" for c, k in CAPITALS[:4]))
     task = tmp_path / "capitals.yaml"
@@ -69,6 +70,7 @@ def test_select_writes_a_config_that_generate_runs(tmp_path: Path) -> None:
     assert out["members"] == cfg.members and len(out["steps"]) >= 1
 
 
+@pytest.mark.slow  # loads a model itself
 def test_strict_rule_rejects_and_config_keeps_the_primary_only(tmp_path: Path) -> None:
     (tmp_path / "capitals.jsonl").write_text("".join(json.dumps({"country": c, "capital": k}) + "\n" for c, k in CAPITALS[:2]))
     task = tmp_path / "capitals.yaml"
@@ -90,6 +92,7 @@ def test_strict_rule_rejects_and_config_keeps_the_primary_only(tmp_path: Path) -
     assert len(cfg.members) == (2 if tie else 1)
 
 
+@pytest.mark.slow  # loads a model itself
 def test_tune_gate_never_chooses_below_the_primary_and_writes_its_choice(tmp_path: Path) -> None:
     """``--tune-gate`` picks on the even items among the primary alone and the gate grid, so
     the chosen setting is at least the primary's accuracy there, and its config says it."""

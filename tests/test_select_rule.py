@@ -9,8 +9,6 @@ import pytest
 from unite_llm.errors import InvalidConfigError
 from unite_llm.select import CandidateScore, select_members, weight_grid
 
-pytestmark = pytest.mark.fast  # pure functions and toy vocabularies: no model
-
 
 def c(name: str, score: float, length: float = 20.0) -> CandidateScore:
     return CandidateScore(name=name, score=score, length=length)

@@ -9,8 +9,10 @@ from unite_llm.errors import InvalidConfigError
 from unite_llm.members import load_member
 from unite_llm.members.styled import SUPPRESSED_LOGIT, parse_style
 
+from .tiers import model_fixture
 
-@pytest.fixture(scope="module")
+
+@model_fixture(scope="module")
 def styled():
     m = load_member("styled:verbose,temperature=2:smollm2-135m-instruct", n_ctx=512, n_threads=1)
     yield m
@@ -54,7 +56,7 @@ def test_bad_styles() -> None:
 # -- abilities: a styled member keeps every ability of the member it wraps (issue 27 item 3) ----------
 
 
-@pytest.fixture(scope="module")
+@model_fixture(scope="module")
 def batched_prefix():
     m = load_member("styled:prefix=Hello there.\\n:smollm2-135m-instruct", n_ctx=512, n_threads=1, n_seq=2)
     yield m

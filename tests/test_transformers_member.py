@@ -24,6 +24,8 @@ from unite_llm.members.llama_cpp import LlamaCppMember
 from unite_llm.members.transformers import TransformersMember
 from unite_llm.prompts import chat_template_source, start_track
 
+from .tiers import model_fixture
+
 # One torch thread: on the 2 shared cores of this machine two threads spin-wait in
 # OpenMP and run several times slower (see the member's n_threads option).
 OPTS = {"n_threads": 1, "n_ctx": 2048}
@@ -40,21 +42,21 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
+@model_fixture(scope="module")
 def hf_smol() -> TransformersMember:
     m = TransformersMember("smollm2-135m-instruct", **OPTS)
     yield m
     m.close()
 
 
-@pytest.fixture(scope="module")
+@model_fixture(scope="module")
 def hf_gemma() -> TransformersMember:
     m = TransformersMember("gemma3-270m", **OPTS)
     yield m
     m.close()
 
 
-@pytest.fixture(scope="module")
+@model_fixture(scope="module")
 def smol() -> LlamaCppMember:
     # One thread here too: llama.cpp at 2 threads spin-waits as badly on a busy machine
     # (measured ~1 s a token against 45 ms at 1 thread for SmolLM2).
@@ -63,7 +65,7 @@ def smol() -> LlamaCppMember:
     m.close()
 
 
-@pytest.fixture(scope="module")
+@model_fixture(scope="module")
 def gemma() -> LlamaCppMember:
     m = LlamaCppMember("gemma3-270m", n_ctx=2048, n_threads=1)
     yield m
@@ -234,6 +236,7 @@ def test_mixed_backends(smol, hf_gemma):
 # -- specs and errors ----------------------------------------------------------------
 
 
+@pytest.mark.slow  # loads a model itself
 def test_hf_prefix_and_errors(tmp_path):
     import gguf
 

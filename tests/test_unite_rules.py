@@ -6,7 +6,6 @@ bit, with one or per-row weights and with or without ``ignore_eos``."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,8 +13,6 @@ from unite_llm.methods.base import END, MemberScores
 from unite_llm.methods.unite import BatchedUniTE, UniTE, candidate_ids, member_ids
 
 from .fakes import FakeMember
-
-pytestmark = pytest.mark.fast
 
 MEMBERS = [FakeMember("left"), FakeMember("right")]
 SUBTOKENS = [lambda c, m=m: m.vocab.first_subtoken(c, m.tokenize) for m in MEMBERS]

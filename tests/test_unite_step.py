@@ -14,8 +14,6 @@ from unite_llm.methods.unite import UniTE, top_k_ids
 from unite_llm.sampling import GenerationConfig, choose
 from unite_llm.vocab import ByteVocab
 
-pytestmark = pytest.mark.fast  # pure functions and toy vocabularies: no model
-
 
 def greedy_tokenizer(vocab: ByteVocab):
     """Longest-match tokenizer over a toy vocabulary."""

@@ -525,8 +525,8 @@ class Bench:
         batched.top_ids = self.prof.wrap(batched.top_ids, "topk")
         batched.gather = self.prof.wrap(batched.gather, "gather")
         ens.method._batched = batched
-        ens._step = self.prof.wrap(ens._step, "step_method")
-        ens._append = self.prof.wrap(ens._append, "append")
+        ens.engine.step = self.prof.wrap(ens.engine.step, "step_method")
+        ens.engine.append = self.prof.wrap(ens.engine.append, "append")
         return ens
 
     def decode(self, ens: Any, rows: int, n: int, *, batched: bool) -> dict[str, Any]:
@@ -540,7 +540,7 @@ class Bench:
         walls: list[float] = []
         unions: list[int] = []
         with ens.exclusive():
-            batch = DecodeBatch(ens, batched=batched)
+            batch = DecodeBatch(ens.engine, batched=batched)
             for p in prompts:
                 batch.add(ens.start_tracks(p, chat=False), config)
             batch.step()  # every prompt's prefill and the first step

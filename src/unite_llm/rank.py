@@ -3,7 +3,7 @@
 
 Not a step method: no token is ever shared between members while they generate, so it
 lives beside the decode loop, not among the per-step rules of :mod:`unite_llm.methods`;
-its class declares ``response_level`` and the loop hands whole generations to it.  ::
+it is a :class:`~unite_llm.methods.base.ResponseMethod`, handed whole prompts.  ::
 
     answer_i = member_i generating on its own                  (a one-member Ensemble)
     s_ij     = mean_t log p_i(answer_j,t | prompt, answer_j,<t)   (every member scores every answer)
@@ -26,14 +26,13 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from .engine import Ensemble, GenerationOutput, Timing
 from .errors import InvalidConfigError
 from .members.base import Member, common_prefix, token_logprobs
-from .methods.base import StepMethod
+from .methods.base import ResponseMethod
 from .prompts import Prompt, start_track
 from .sampling import GenerationConfig
 
@@ -149,11 +148,10 @@ def rank_generate(
     return result, ranking
 
 
-class Rank(StepMethod):
+class Rank(ResponseMethod):
     """The ``rank`` method: response-level selection (see the module docstring)."""
 
     name = "rank"
-    response_level = True
 
     def __init__(self, k: int = 10, ranker: str | None = None) -> None:
         self.k = k
@@ -163,6 +161,3 @@ class Rank(StepMethod):
     def generate(self, ensemble: Ensemble, prompt: Prompt, config: GenerationConfig, *, chat: bool = False) -> GenerationOutput:
         out, self.last_ranking = rank_generate(ensemble, prompt, config, chat=chat, ranker=self.ranker)
         return out
-
-    def __call__(self, members: Sequence[Any], weights: np.ndarray, *, ignore_eos: bool = False) -> Any:
-        raise TypeError("rank is a response-level method: use Ensemble.generate, not a per-step call")

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from tests.tiers import model_fixture
 
 from unite_llm.engine import Ensemble
 from unite_llm.members.llama_cpp import LlamaCppMember
@@ -95,7 +96,7 @@ def serve_ensemble():
     return live_server
 
 
-@pytest.fixture(scope="session")
+@model_fixture(scope="session")
 def gemma_chat() -> LlamaCppMember:
     """A second Gemma-3-270M with Gemma's chat template forced on it (the base model has
     none), as a user would with ``--chat-template gemma3-270m=gemma``: the server's chat
@@ -106,7 +107,7 @@ def gemma_chat() -> LlamaCppMember:
     m.close()
 
 
-@pytest.fixture(scope="session")
+@model_fixture(scope="session")
 def server(smol, gemma_chat) -> Iterator[LiveServer]:
     # Cold prompt evaluation per request: each answer depends on its prompt alone, so the
     # tests can compare the server's answers with fresh ones (see members.base.reset_cache).

@@ -38,6 +38,7 @@ def stream_text(srv, prompt: str, done: dict, key: str, **over) -> None:
     done[key] = text
 
 
+@pytest.mark.slow  # loads a model itself
 def test_a_request_joins_the_running_batch_and_a_disconnect_leaves_it(batched) -> None:
     srv = batched
     want = srv.generate("1, 2, 3, 4, 5, 6,", max_new_tokens=6).text
@@ -68,6 +69,7 @@ def test_a_request_joins_the_running_batch_and_a_disconnect_leaves_it(batched) -
     assert len(srv.ensemble.members[0].tokenize(done["a"].encode())) > 10
 
 
+@pytest.mark.slow  # loads a model itself
 def test_batched_server_answers_concurrent_clients_each_their_own(batched) -> None:
     srv = batched
     prompts = ["1, 2, 3, 4, 5, 6,", "Monday, Tuesday, Wednesday,", "January, February, March, April,", "A B C D E F G"]

@@ -1,5 +1,5 @@
 """History-independent greedy answers from the real server with the prefix cache on (issue 15);
-the member-level checks (logits equal to a cold evaluation's) are in ``tests/test_prefix_cache.py``."""
+the member-level checks (logits equal to a cold evaluation's) are in ``tests/engine/test_prefix_cache.py``."""
 
 from __future__ import annotations
 

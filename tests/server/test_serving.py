@@ -106,7 +106,7 @@ def test_chat_content_as_text_parts_matches_the_python_api(server, http) -> None
 
 
 def test_a_denormal_temperature_is_served_not_a_500(server, http) -> None:
-    """Found by the schema fuzz (test_server_schema_fuzz.py, a random run of 300 examples): NaN in sampling."""
+    """Found by the schema fuzz (test_server_openapi.py, a random run of 300 examples): NaN in sampling."""
     body = {"model": server.model, "messages": [{"role": "user", "content": ""}], "temperature": 5e-324, "max_tokens": 2}
     resp = post(http, "/v1/chat/completions", body)
     assert resp.status_code == 200, resp.text

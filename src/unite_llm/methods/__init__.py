@@ -17,7 +17,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from ..errors import InvalidConfigError
-from .base import END, BatchView, Candidate, MemberScores, StepDistribution, StepMethod
+from .base import END, BatchView, Candidate, MemberScores, ResponseMethod, StepDistribution, StepMethod
 
 # Every built-in --method name.  The baselines sit beside UniTE so that `unite generate` and
 # `unite eval` compare them in the same engine: same members, decode loop and harness.
@@ -43,13 +43,13 @@ METHODS = registered_methods()
 """The method names known when this module was imported (``registered_methods()`` re-reads)."""
 
 
-def _import(target: str) -> Callable[..., StepMethod]:
+def _import(target: str) -> Callable[..., StepMethod | ResponseMethod]:
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
-def make_method(name: str, *, k: int = 10, **options: Any) -> StepMethod:
-    """A step method by name, with its settings checked."""
+def make_method(name: str, *, k: int = 10, **options: Any) -> StepMethod | ResponseMethod:
+    """A method by name (a step method, or a response-level one), with its settings checked."""
     target = BUILTIN_METHODS.get(name) or registered_methods().get(name)  # entry points scanned only for others
     if target is None:
         raise InvalidConfigError(f"unknown method {name!r} (known: {', '.join(sorted(registered_methods()))})")
@@ -60,8 +60,8 @@ def make_method(name: str, *, k: int = 10, **options: Any) -> StepMethod:
     except (ImportError, AttributeError) as err:
         raise InvalidConfigError(f"method {name!r} is registered as {target}, which cannot be imported: {err}") from err
     method = factory(k=k, **options)
-    if not isinstance(method, StepMethod):
-        raise InvalidConfigError(f"method {name!r} ({target}) does not build a StepMethod")
+    if not isinstance(method, StepMethod | ResponseMethod):
+        raise InvalidConfigError(f"method {name!r} ({target}) does not build a StepMethod or ResponseMethod")
     return method
 
 
@@ -72,6 +72,7 @@ __all__ = [
     "BatchView",
     "Candidate",
     "MemberScores",
+    "ResponseMethod",
     "StepDistribution",
     "StepMethod",
     "make_method",

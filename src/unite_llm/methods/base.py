@@ -22,7 +22,10 @@ from ..scores import Scores, as_scores
 from ..vocab import ByteVocab
 
 if TYPE_CHECKING:
+    from ..engine import Ensemble, GenerationOutput
     from ..members.base import Member
+    from ..prompts import Prompt
+    from ..sampling import GenerationConfig
     from ..sync import TokenTrack
 
 
@@ -79,15 +82,15 @@ class StepMethod:
     * ``batched``: :meth:`step_batch` steps many rows at once on the members' own
       ``[rows, vocab]`` scores (UniTE: top-k on the device); without it a batch gets host
       copies and the method is called row by row.
-    * ``response_level``: the method produces whole answers itself (a ``generate(ensemble,
-      prompt, config, *, chat)`` method, see :mod:`unite_llm.rank`) and is never stepped.
+
+    A method that produces whole answers itself is not a step method: it derives
+    :class:`ResponseMethod` instead.
     """
 
     name: str = "?"
     k: int = 10
     needs_prepare: ClassVar[bool] = False
     batched: ClassVar[bool] = False
-    response_level: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Declarations must match the hooks, so a hook is never silently skipped: a class
@@ -96,8 +99,8 @@ class StepMethod:
         own = vars(cls)
         if "prepare" in own and not cls.needs_prepare:
             raise TypeError(f"{cls.__name__} defines prepare(): declare needs_prepare = True")
-        if callable(getattr(cls, "generate", None)) and not cls.response_level:
-            raise TypeError(f"{cls.__name__} defines generate(): declare response_level = True")
+        if callable(getattr(cls, "generate", None)):
+            raise TypeError(f"{cls.__name__} defines generate(): a method that answers whole prompts derives ResponseMethod")
         if "__call__" in own and "step_batch" not in own and "batched" not in own:
             cls.batched = False
         if cls.batched and cls.step_batch is StepMethod.step_batch:
@@ -120,3 +123,15 @@ class StepMethod:
         ``[rows, members]``.
         """
         raise NotImplementedError(f"{type(self).__name__} has no batched step")
+
+
+class ResponseMethod:
+    """Base of the response-level methods (``rank``): the method answers each prompt itself,
+    using the ensemble's members as it likes, and is never stepped.  ``Ensemble.generate``,
+    ``stream`` and ``generate_batch`` hand it each prompt inside the ensemble's turn."""
+
+    name: str = "?"
+    k: int = 10
+
+    def generate(self, ensemble: Ensemble, prompt: Prompt, config: GenerationConfig, *, chat: bool = False) -> GenerationOutput:
+        raise NotImplementedError(f"{type(self).__name__} defines no generate()")

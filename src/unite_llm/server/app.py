@@ -44,7 +44,7 @@ from .protocol import (
     TokenizeRequest,
     TokenizeResponse,
 )
-from .scheduler import BatchRunner, OverloadedError, Runner, Scheduler, SerialRunner
+from .scheduler import EngineRunner, OverloadedError, Runner, Scheduler
 from .serving import APIError, OpenAIServing, api_error
 
 STATIC = files("unite_llm") / "server" / "static"
@@ -108,9 +108,9 @@ def create_app(
 
     ``max_queue`` bounds the requests waiting for the worker (more get 503);
     ``default_max_tokens`` applies when a request leaves ``max_tokens`` unset (chat) or null.
-    ``max_batch > 1`` serves by continuous batching (:class:`BatchRunner`) where the members
-    decode several sequences at once (else one request at a time, :class:`SerialRunner`);
-    ``runner`` replaces either (the defaults are ``unite serve``'s, :mod:`unite_llm.defaults`).
+    ``max_batch > 1`` serves by continuous batching where the members decode several
+    sequences at once (else one request at a time; both :class:`EngineRunner`);
+    ``runner`` replaces it (the defaults are ``unite serve``'s, :mod:`unite_llm.defaults`).
     ``generation_defaults`` (a config's ``generation`` block: ``temperature``, ``top_p``,
     ``seed``, ``stop``, ``ignore_eos``) apply where a request does not set the field.
     ``max_request_bytes`` caps a request body (413 beyond it, before anything is parsed);
@@ -120,8 +120,7 @@ def create_app(
         raise InvalidConfigError(f"--max-request-bytes must be >= 1, got {max_request_bytes}")
     name = model_name or "+".join(ensemble.names)
     if runner is None:
-        batched = max_batch > 1 and ensemble.max_batch > 1
-        runner = BatchRunner(ensemble, max_batch) if batched else SerialRunner(ensemble)
+        runner = EngineRunner(ensemble, max_batch)
     scheduler = Scheduler(runner, max_queue=max_queue)
     serving = OpenAIServing(
         ensemble, scheduler, model_name=name, default_max_tokens=default_max_tokens, defaults=generation_defaults

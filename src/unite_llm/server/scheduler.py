@@ -6,17 +6,18 @@ touches a socket.  It hands each step to the job's own ``asyncio.Queue`` on the 
 the worker.  A job whose client went away is marked cancelled; the worker drops it between
 steps and goes on.
 
-How jobs share the ensemble is the :class:`Runner`'s business:
+How jobs share the ensemble is the :class:`Runner`'s business.  The one runner,
+:class:`EngineRunner`, feeds them to the engine's decode loop as rows:
 
-* :class:`SerialRunner` (``--max-batch 1``): one job at a time through ``Ensemble.stream``.
-  Each answer is what ``unite generate`` gives for the prompt (a function of the prompt alone).
-* :class:`BatchRunner` (``--max-batch N``, members that decode several sequences in one pass:
-  llama.cpp with ``n_seq``, transformers): **continuous batching**.  The jobs run as rows of one
-  :class:`~unite_llm.engine.DecodeBatch`; between two steps the runner admits waiting jobs into
-  the running batch (up to ``max_batch`` rows), so a request starts streaming when it joins, not
-  when those ahead of it finish.  A finished or cancelled row leaves without disturbing the
-  others.  Batched kernels round differently, so an answer can differ in a near-tie from the
-  serial one (and from itself in another batch): ``--max-batch 1`` where that matters.
+* ``--max-batch 1``: one job at a time, row by row.  Each answer is what ``unite generate``
+  gives for the prompt (a function of the prompt alone).
+* ``--max-batch N`` (members that decode several sequences in one pass: llama.cpp with
+  ``n_seq``, transformers): **continuous batching**.  Between two steps the runner admits
+  waiting jobs into the running batch (up to ``max_batch`` rows), so a request starts
+  streaming when it joins, not when those ahead of it finish.  A finished or cancelled row
+  leaves without disturbing the others.  Batched kernels round differently, so an answer can
+  differ in a near-tie from the serial one (and from itself in another batch):
+  ``--max-batch 1`` where that matters.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..engine import DecodeBatch, Ensemble, StreamChunk
+from ..engine import Ensemble, StreamChunk, drive
+from ..methods.base import ResponseMethod
 from ..prompts import Prompt
 from ..sampling import GenerationConfig
+from ..sync import TokenTrack
 
 log = logging.getLogger("unite_llm.server")
 
@@ -109,45 +112,18 @@ class Runner(Protocol):
     def run(self, jobs: Sequence[Job], source: JobSource) -> None: ...
 
 
-class SerialRunner:
-    """One job at a time through ``Ensemble.stream`` (members with a single KV cache)."""
+class EngineRunner:
+    """The jobs as rows of the engine's one decode loop (:func:`~unite_llm.engine.drive`).
 
-    max_batch = 1
-
-    def __init__(self, ensemble: Ensemble) -> None:
-        self.ensemble = ensemble
-
-    def run(self, jobs: Sequence[Job], source: JobSource) -> None:
-        for job in jobs:
-            try:
-                self._run_one(job)
-            except Exception as err:  # this job's error: the next one runs
-                if not _is_user_error(err):
-                    log.exception("generation failed")
-                source.finish(job, err)
-            else:
-                source.finish(job)
-
-    def _run_one(self, job: Job) -> None:
-        stream = self.ensemble.stream(job.prompt, job.config, chat=job.chat)
-        try:
-            for chunk in stream:
-                if job.cancelled.is_set():
-                    log.info("request cancelled by its client; worker freed")
-                    return
-                job.emit(ChunkEvent(chunk))
-        finally:
-            stream.close()
-
-
-class BatchRunner:
-    """Continuous batching: jobs join a running :class:`~unite_llm.engine.DecodeBatch` between steps.
-
-    ``max_batch`` rows at most (capped by what the members decode at once).  A job whose
-    prompt a member refuses fails alone; an error in a step fails the rows of that step.
+    With ``max_batch > 1`` (capped by what the members decode at once) this is **continuous
+    batching**: between two steps waiting jobs join the running batch, so a request starts
+    streaming when it joins, not when those ahead of it finish.  With 1 the same loop runs
+    one job at a time, row by row (each answer then is ``unite generate``'s for the prompt).
+    A job whose prompt a member refuses fails alone; an error in a step fails the rows of
+    that step.  A method that answers whole prompts (``rank``) is handed one job at a time.
     """
 
-    def __init__(self, ensemble: Ensemble, max_batch: int) -> None:
+    def __init__(self, ensemble: Ensemble, max_batch: int = 1) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.ensemble = ensemble
@@ -157,50 +133,72 @@ class BatchRunner:
 
     def run(self, jobs: Sequence[Job], source: JobSource) -> None:
         ens = self.ensemble
+        if isinstance(ens.method, ResponseMethod):
+            self._answer_whole(jobs, source)
+            return
         with ens.exclusive():
-            batch = DecodeBatch(ens, batched=True)
-            owner: dict[int, Job] = {}
-            pending = list(jobs)
+            feed = _JobFeed(ens, list(jobs), source)
             try:  # an error escaping a step fails every running job (Scheduler._work)
-                while True:
-                    pending += source.take(self.max_batch - len(batch) - len(pending))
-                    for job in pending:
-                        self._admit(batch, owner, job, source)
-                    pending = []
-                    for rid, job in list(owner.items()):
-                        if job.cancelled.is_set():
-                            log.info("request cancelled by its client; its row leaves the batch")
-                            batch.cancel(rid)
-                            del owner[rid]
-                            source.finish(job)
-                    if not batch:
-                        return
-                    self.batch_size = len(batch)
-                    results = batch.step()
-                    self.tokens += len({rid for rid, chunk in results if chunk.step is not None})
-                    for rid, chunk in results:
-                        job = owner[rid]
+                for results in drive(ens.engine, feed, size=self.max_batch, batched=self.max_batch > 1, joins=True):
+                    self.batch_size = len({id(job) for job, _ in results})
+                    self.tokens += len({id(job) for job, chunk in results if chunk.step is not None})
+                    for job, chunk in results:
                         if not job.cancelled.is_set():
                             job.emit(ChunkEvent(chunk))
                         if chunk.output is not None:
-                            del owner[rid]
                             source.finish(job)
             finally:
                 self.batch_size = 0
 
-    def _admit(self, batch: DecodeBatch, owner: dict[int, Job], job: Job, source: JobSource) -> None:
-        if job.cancelled.is_set():
+    def _answer_whole(self, jobs: Sequence[Job], source: JobSource) -> None:
+        for job in jobs:
+            try:
+                out = self.ensemble.generate(job.prompt, job.config, chat=job.chat)
+            except Exception as err:  # this job's error: the next one runs
+                if not _is_user_error(err):
+                    log.exception("generation failed")
+                source.finish(job, err)
+                continue
+            if not job.cancelled.is_set():
+                job.emit(ChunkEvent(StreamChunk(out.text, out.steps[-1] if out.steps else None, out)))
             source.finish(job)
-            return
-        try:
-            tracks = self.ensemble.start_tracks(job.prompt, chat=job.chat)
-            rid = batch.add(tracks, job.config)
-        except Exception as err:  # this prompt's problem (too long, no chat template, ...)
-            if not _is_user_error(err):
-                log.exception("request refused")
-            source.finish(job, err)
-            return
-        owner[rid] = job
+
+
+class _JobFeed:
+    """The scheduler's jobs as the decode loop's rows (:class:`~unite_llm.engine.RowFeed`)."""
+
+    def __init__(self, ensemble: Ensemble, pending: list[Job], source: JobSource) -> None:
+        self.ensemble = ensemble
+        self.pending = pending
+        self.source = source
+
+    def take(self, free: int) -> list[tuple[Job, list[TokenTrack], GenerationConfig]]:
+        jobs, self.pending = self.pending[:free], self.pending[free:]
+        jobs += self.source.take(free - len(jobs))
+        rows = []
+        for job in jobs:
+            if job.cancelled.is_set():
+                self.source.finish(job)
+                continue
+            try:
+                tracks = self.ensemble.start_tracks(job.prompt, chat=job.chat)
+            except Exception as err:  # this prompt's problem (too long, no chat template, ...)
+                self.refused(job, err)
+                continue
+            rows.append((job, tracks, job.config))
+        return rows
+
+    def refused(self, job: Job, error: Exception) -> None:
+        if not _is_user_error(error):
+            log.exception("request refused")
+        self.source.finish(job, error)
+
+    def cancelled(self, job: Job) -> bool:
+        if not job.cancelled.is_set():
+            return False
+        log.info("request cancelled by its client; its row leaves the batch")
+        self.source.finish(job)
+        return True
 
 
 @dataclass

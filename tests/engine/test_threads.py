@@ -12,9 +12,9 @@ from unite_llm.engine import Ensemble
 def _run(members, parallel: bool, prompt: str = "The capital of France is", n: int = 12):
     ens = Ensemble(members, parallel=parallel)
     out = ens.generate(prompt, max_new_tokens=n)
-    pool = ens._pool
-    ens._pool and ens._pool.shutdown(wait=True)  # the members are session fixtures: do not close them
-    ens._pool = None
+    pool = ens.engine._pool
+    ens.engine._pool and ens.engine._pool.shutdown(wait=True)  # the members are session fixtures: do not close them
+    ens.engine._pool = None
     return out, pool
 
 
@@ -83,9 +83,10 @@ def test_an_error_in_one_member_waits_for_the_others_and_propagates(smol, gemma)
     with pytest.raises(RuntimeError, match="boom"):
         ens.generate("Hello", max_new_tokens=2)
     assert finished == [True]
-    ens._pool.shutdown(wait=True)
+    ens.engine._pool.shutdown(wait=True)
 
 
+@pytest.mark.slow  # loads a model itself
 def test_load_splits_the_cores_between_in_process_members():
     with Ensemble.load(["smollm2-135m-instruct", "gemma3-270m"], n_ctx=512, parallel=True) as ens:
         import os
@@ -93,10 +94,11 @@ def test_load_splits_the_cores_between_in_process_members():
         want = max(1, (os.cpu_count() or 1) // 2)
         assert [m.llm.n_threads for m in ens.members] == [want, want]
         ens.generate("Hi", max_new_tokens=2)
-        assert ens._pool is not None
-    assert ens._pool is None  # close() shut the pool down
+        assert ens.engine._pool is not None
+    assert ens.engine._pool is None  # close() shut the pool down
 
 
+@pytest.mark.slow  # loads a model itself
 def test_cli_parallel_and_sequential_flags_agree():
     import json
 

@@ -19,9 +19,7 @@ from unite_llm.methods import BUILTIN_METHODS, make_method
 from unite_llm.methods.base import MemberScores, StepDistribution
 from unite_llm.methods.unite import UniTE
 
-from .fakes import FakeMember
-
-pytestmark = pytest.mark.fast
+from ..fakes import FakeMember
 
 PROMPTS = ["The cat", "A dog sat on", "on the mat", "Hello"]
 METHODS = ["unite", "gac", "packllm", "rank", "deepen-fit", "deepen"]
@@ -164,7 +162,7 @@ def test_declarations_must_match_the_hooks():
     assert Counting.batched is False and UniTE.batched is True
     with pytest.raises(TypeError, match="needs_prepare"):
         type("NoDeclaration", (UniTE,), {"prepare": lambda self, m, t, p: None})
-    with pytest.raises(TypeError, match="response_level"):
+    with pytest.raises(TypeError, match="ResponseMethod"):
         type("Whole", (UniTE,), {"generate": lambda self, *a, **k: None})
     with pytest.raises(InvalidConfigError, match="not a StepMethod"):
         Ensemble(pair(False), method=lambda members, weights, ignore_eos=False: None)

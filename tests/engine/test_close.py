@@ -30,6 +30,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow  # loads SmolLM2 in a subprocess
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_use_after_close_raises_runtime_error(case: str) -> None:
     body = textwrap.indent(CASES[case], "    ")
@@ -40,7 +41,6 @@ def test_use_after_close_raises_runtime_error(case: str) -> None:
     assert "RuntimeError:" in run.stdout and "closed" in run.stdout, run.stdout + run.stderr[-2000:]
 
 
-@pytest.mark.fast
 def test_closed_ensemble_of_fakes_refuses_every_entry_point() -> None:
     ens = Ensemble([FakeMember("left"), FakeMember("right")])
     ens.generate("the", max_new_tokens=1)

@@ -3,7 +3,7 @@ method, and several threads sharing one Ensemble get the sequential texts.
 
 (The transformers backend, whose members score a batch in one pass, has the same test in
 ``test_transformers_member.py``; the loop's logic itself is tested fast on fake members in
-``test_loop_fast.py``.)
+``test_loop.py``.)
 """
 
 from __future__ import annotations

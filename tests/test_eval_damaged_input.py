@@ -98,6 +98,7 @@ def test_damaged_line_is_an_error_naming_file_and_line(tmp_path: Path, line: byt
     assert (tmp_path / "r.jsonl.damaged").read_bytes() == line + b"\n", "the damaged line is kept aside"
 
 
+@pytest.mark.slow  # loads a model itself
 def test_drop_damaged_on_the_cli_keeps_every_line(custom_task: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     jsonl = out / "capitals" / "smollm2-135m-instruct.jsonl"
@@ -124,6 +125,7 @@ def test_drop_damaged_on_the_cli_keeps_every_line(custom_task: Path, tmp_path: P
 # -- damaged meta file ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # loads a model itself
 def test_damaged_meta_is_refused_when_results_exist(custom_task: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     meta = out / "capitals" / "smollm2-135m-instruct.meta.json"
@@ -147,6 +149,7 @@ def test_damaged_meta_is_refused_when_results_exist(custom_task: Path, tmp_path:
     assert [json.loads(x)["id"] for x in jsonl.read_text().splitlines()] == [json.loads(done)["id"]]
 
 
+@pytest.mark.slow  # loads a model itself
 def test_damaged_meta_without_results_is_rebuilt(custom_task: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
     meta = out / "capitals" / "smollm2-135m-instruct.meta.json"
@@ -160,6 +163,7 @@ def test_damaged_meta_without_results_is_rebuilt(custom_task: Path, tmp_path: Pa
 # -- an item the system cannot run (issue 28 item 13) ----------------------------------------------
 
 
+@pytest.mark.slow  # loads a model itself
 def test_an_over_long_item_stops_the_run_naming_it_and_keeps_the_others(custom_task: Path, tmp_path: Path) -> None:
     data = custom_task.parent / "capitals.jsonl"
     data.write_text(data.read_text() + json.dumps({"country": "Zanzibar " * 400, "capital": "Nowhere"}) + "\n")

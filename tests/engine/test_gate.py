@@ -1,5 +1,5 @@
 """Robust ensembling without models: the gate, the weighting rules, the choice mixture, and
-the decode loop's lazy partners on fake members (the real-model checks: test_robust.py)."""
+the decode loop's lazy partners on fake members (the real-model checks: test_gate_real.py)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,7 @@ from unite_llm.loglik import choice_mixture, mixture
 from unite_llm.methods.gate import Gate, make_gate
 from unite_llm.methods.weighting import EntropyWeights, PrimaryFloor, apply_rules, make_rules
 
-from .fakes import FakeMember
-
-pytestmark = pytest.mark.fast
+from ..fakes import FakeMember
 
 PROMPTS = ["The cat", "A dog sat on", "on the mat", "Hello"]
 

@@ -8,6 +8,7 @@ Deterministic: derandomized (hypothesis' fixed seed), 40 examples.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -67,6 +68,7 @@ def command_lines(draw) -> list[str]:
 # Seed and size: derandomized (hypothesis' fixed seed, no example database), 40 examples.
 @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow], database=None)
 @given(argv=command_lines())
+@pytest.mark.slow  # loads a model itself
 def test_generate_options_never_traceback(argv):
     result = CliRunner().invoke(app, argv, input="stdin prompt")
     shown = f"argv={argv!r}\n{result.output}"

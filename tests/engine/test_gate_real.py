@@ -1,5 +1,5 @@
 """Robust ensembling on the real models: the gate's two limits, lazy partners catching up, the
-thread plan.  (The rules' arithmetic and the loop's logic on fake members: test_robust_fast.py.)"""
+thread plan.  (The rules' arithmetic and the loop's logic on fake members: test_gate.py.)"""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from unite_llm.mathops import softmax
 from unite_llm.members.base import start_sequence
 from unite_llm.thread_plan import plan_threads
 
-from .test_llama_batch import ROUNDING_TV, tv
+from ..test_llama_batch import ROUNDING_TV, tv
 
 PROMPTS = [
     "The capital of France is",
@@ -31,15 +31,18 @@ def greedy(specs, **kwargs) -> list[bytes]:
         return [ens.generate(p, max_new_tokens=16).output_bytes for p in PROMPTS]
 
 
+@pytest.mark.slow  # loads a model itself
 def test_gate_never_open_is_the_primary_alone_byte_for_byte():
     assert greedy(PAIR, gate=0.0) == greedy(PAIR[:1])
     assert greedy(PAIR[::-1], gate=0.0) == greedy(PAIR[1:])
 
 
+@pytest.mark.slow  # loads a model itself
 def test_gate_always_open_is_plain_unite():
     assert greedy(PAIR, gate=1.01) == greedy(PAIR, primary=0)
 
 
+@pytest.mark.slow  # loads a model itself
 def test_a_gated_ensemble_skips_the_partner_on_confident_steps():
     with Ensemble.load(PAIR, n_threads=1, gate=0.5) as ens:
         partner = ens.members[1]
@@ -59,6 +62,7 @@ def test_a_gated_ensemble_skips_the_partner_on_confident_steps():
 
 
 @pytest.mark.parametrize("name", ["gemma", "smol"])
+@pytest.mark.slow  # loads a model itself
 def test_lazy_catch_up_gives_the_distribution_of_stepping_every_token(name, request):
     member = request.getfixturevalue(name)
     prompt = member.tokenize(b"The old lighthouse keeper climbed the stairs", add_bos=True)

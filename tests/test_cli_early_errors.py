@@ -54,6 +54,7 @@ def bad_ggufs(tmp_path_factory) -> dict[str, Path]:
 # -- seeds ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # loads a model itself
 def test_seed_minus_one_runs_on_the_cli():
     proc = run("generate", "--seed", "-1", "--temperature", "0.8", "-n", "3", "--n-ctx", "256", "Hello")
     assert proc.returncode == 0, proc.stderr
@@ -111,6 +112,7 @@ def test_negative_n_ctx_fails_before_models_load(value, tmp_path):
     assert_user_error(proc, 2, message)
 
 
+@pytest.mark.slow  # loads a model itself
 def test_n_ctx_zero_is_the_trained_context():
     m = LlamaCppMember("smollm2-135m-instruct", n_ctx=0, n_threads=1)
     try:
@@ -136,6 +138,7 @@ def test_bad_threads_are_refused():
         ("truncated", "(2,000,000 bytes): truncated or damaged"),
     ],
 )
+@pytest.mark.slow  # loads a model itself
 def test_a_file_that_is_not_a_loadable_gguf_is_named(kind, message, bad_ggufs):
     path = bad_ggufs[kind]
     proc = run("generate", "-m", str(path), "hi")

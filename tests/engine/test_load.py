@@ -11,8 +11,6 @@ from unite_llm import loading
 from unite_llm.engine import Ensemble
 from unite_llm.errors import InvalidConfigError
 
-pytestmark = pytest.mark.fast
-
 
 @pytest.fixture()
 def loaded(monkeypatch) -> list[str]:

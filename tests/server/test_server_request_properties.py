@@ -4,7 +4,7 @@ to the real server on loopback never get a 500 or a traceback.
 Every payload that could run keeps ``max_tokens`` (or ``max_completion_tokens``) at 2 or
 less, so the bounded examples stay cheap on the real models.  An error is always OpenAI's
 schema; a 200 stream never carries an error event.  Deterministic: derandomized (hypothesis'
-fixed seed per test), 40 examples per test (see also ``test_server_schema_fuzz.py``).
+fixed seed per test), 40 examples per test (see also ``test_server_openapi.py``).
 """
 
 from __future__ import annotations

@@ -12,11 +12,13 @@ from unite_llm.models import resolve_gguf
 ALIAS = "smollm2-135m-instruct"
 
 
+@pytest.mark.slow  # loads a model itself
 def test_a_plain_string_is_one_member() -> None:
     with Ensemble.load(ALIAS, n_threads=1, n_ctx=256) as ens:
         assert ens.names == [ALIAS]
 
 
+@pytest.mark.slow  # loads a model itself
 def test_one_file_by_alias_and_by_path_is_refused() -> None:
     path = str(resolve_gguf(ALIAS))
     with pytest.raises(InvalidConfigError, match="same model file"):
