@@ -73,7 +73,8 @@ class Ensemble:
         self.method = make_method(method, k=k) if isinstance(method, str) else method
         if not isinstance(self.method, StepMethod | ResponseMethod):
             raise InvalidConfigError(
-                f"method {self.method!r} is not a StepMethod: subclass unite_llm.methods.StepMethod (it declares its hooks)"
+                f"method {self.method!r} is not a StepMethod (or a ResponseMethod): subclass unite_llm.methods.StepMethod "
+                "(it declares its hooks)"
             )
         self.engine = EngineCore(
             members,
