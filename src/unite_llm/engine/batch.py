@@ -124,6 +124,7 @@ class DecodeBatch:
         ids = list(self.rows)
         if not ids:
             return []
+        live = [self.rows[rid] for rid in ids]  # before any row finishes and leaves
         t_fwd = time.perf_counter()
         if core.gate is None:
             scores, is_open = self._forward(ids), np.ones(len(ids), dtype=bool)
@@ -132,8 +133,7 @@ class DecodeBatch:
         now = time.perf_counter()
         out: list[tuple[int, StreamChunk]] = []
         stepping: list[int] = []  # positions in ids of the rows that step now
-        for j, rid in enumerate(ids):
-            row = self.rows[rid]
+        for j, (rid, row) in enumerate(zip(ids, live)):
             if row.decode_t0 is None:  # its prompt was evaluated in this pass
                 row.timing.prefill_s = now - t_fwd
                 row.decode_t0 = now
@@ -145,11 +145,10 @@ class DecodeBatch:
                 stepping.append(j)
         if not stepping:
             return out
-        rows = [self.rows[rid] if rid in self.rows else None for rid in ids]
         results = core.step(
             scores,
-            [r.weights if r else core.weights for r in rows],
-            ignore_eos=[bool(r and r.config.ignore_eos) for r in rows],
+            [r.weights for r in live],
+            ignore_eos=[r.config.ignore_eos for r in live],
             ensembled=is_open.tolist(),
             batched=self.batched,
             rows=stepping,
